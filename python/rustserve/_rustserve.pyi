@@ -1,0 +1,46 @@
+"""Type stubs for the native extension `rustserve._rustserve` (built from rust/src by maturin)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+__version__: str
+
+class RustServeError(Exception):
+    """Base class of every error raised by rustserve's native core."""
+
+class ServableStartError(RustServeError):
+    """A servable failed to load or validate at start-up (the message names the file and the cause)."""
+
+class ServerStartError(RustServeError):
+    """A gRPC or REST listener could not be started (bad address, port in use, already running)."""
+
+class ModelCallError(RustServeError):
+    """`Model.call` from a Python stage failed."""
+
+def init_onnxruntime(library_path: str) -> None:
+    """Loads ONNX Runtime from `library_path` (the libonnxruntime inside the installed wheel); idempotent."""
+
+def onnx_signature(model_path: str) -> dict[str, list[dict[str, Any]]]:
+    """Reads a model's inputs and outputs: {"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}.
+
+    Dims that are symbolic are reported as -1.
+    """
+
+class Server:
+    """The native server: servables, executors and the gRPC / REST listeners, on a private tokio runtime."""
+
+    def __init__(self, worker_threads: int = 0) -> None: ...
+    def add_servables(self, specs: Sequence[dict[str, Any]]) -> None:
+        """Loads and validates servable versions described by spec dicts (see rustserve.server._spec)."""
+    def start_grpc(self, address: str, max_msg_mb_size: int) -> int:
+        """Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port."""
+    def start_rest(self, address: str, max_msg_mb_size: int) -> int:
+        """Starts the REST server on `address` (ip:port); returns the bound port."""
+    def servables(self) -> list[tuple[str, int, list[str]]]:
+        """(name, version, method names) of every loaded servable version."""
+    def stop(self) -> None:
+        """Stops the listeners and executors; idempotent."""
+    def is_running(self) -> bool: ...
+
+def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Runs a declared model on per-instance inputs through its batcher (used by `Model.call`)."""

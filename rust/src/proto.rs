@@ -1,0 +1,7 @@
+//! Generated protobuf / tonic code for the wire formats in proto/.
+
+/// MindSpore Serving's `mindspore.serving.proto` package (MSService).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod ms {
+    tonic::include_proto!("mindspore.serving.proto");
+}
