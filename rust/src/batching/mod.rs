@@ -1,0 +1,1 @@
+//! Per-model batching queues (owned by the model helper).

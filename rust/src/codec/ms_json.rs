@@ -1,0 +1,1 @@
+//! MindSpore REST JSON codec.

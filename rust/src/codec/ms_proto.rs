@@ -1,0 +1,1 @@
+//! MindSpore gRPC proto codec.

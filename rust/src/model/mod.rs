@@ -1,0 +1,1 @@
+//! ONNX Runtime model runner (owned by the model helper).
