@@ -1,5 +1,4 @@
-//! rustserve's native core: a MindSpore-Serving-compatible model server on tokio, tonic, axum and ONNX Runtime.
-//! This file only wires modules together and defines the Python module.
+//! rustserve's native core (temporary minimal module list while the batcher lands).
 
 pub mod batching;
 pub mod codec;

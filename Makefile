@@ -1,0 +1,54 @@
+# Developer entry points. `make ci` is README command 2: dev dependencies, build, every test.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# cargo test builds without maturin's PYO3_BUILD_EXTENSION_MODULE; a separate target dir avoids rebuilding pyo3
+# every time we alternate between `cargo test` and `maturin develop`.
+CARGO_TEST_TARGET ?= target/cargo-test
+PY_LIBDIR = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+PY_SITE = $(shell $(PY) -c 'import site; print(site.getsitepackages()[0])')
+
+.PHONY: ci venv build-dev test test-rust test-python lint format bench proto clean
+
+ci: venv build-dev test
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+venv: $(PY)
+	$(PY) -m pip install --quiet "maturin>=1.16,<2"
+
+# Debug build of the extension into python/rustserve, plus runtime and dev dependencies (extras cpu + dev).
+build-dev: venv
+	$(VENV)/bin/maturin develop --extras cpu,dev
+
+test: test-rust test-python
+
+test-rust: venv
+	LD_LIBRARY_PATH=$(PY_LIBDIR) PYTHONPATH=$(PY_SITE) RUSTSERVE_TEST_PYTHON=$(abspath $(PY)) \
+		CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) cargo test --lib
+
+test-python: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	cargo fmt --check
+	cargo clippy --lib -- -D warnings
+	$(VENV)/bin/ruff check python tests examples
+	$(VENV)/bin/ruff format --check python tests examples
+	$(PY) -m mypy.stubtest rustserve._rustserve
+
+format:
+	cargo fmt
+	$(VENV)/bin/ruff format python tests examples
+	$(VENV)/bin/ruff check --fix python tests examples
+
+proto: venv
+	bash scripts/gen_proto.sh
+
+bench: venv
+	$(PY) benches/compare.py
+
+clean:
+	rm -rf target python/rustserve/*.so

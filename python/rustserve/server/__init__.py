@@ -1,0 +1,557 @@
+"""rustserve's server API, compatible with `mindspore_serving.server`.
+
+`start_servables` loads servables (importing their servable_config.py), `start_grpc_server` and
+`start_restful_server` open the listeners, `stop` shuts everything down. One process-wide native server is created
+on first use. As in MindSpore Serving, a script that started serving and returns keeps serving until SIGINT or
+SIGTERM (or `stop()`).
+
+Example:
+    >>> from rustserve import server
+    >>> server.start_servables(server.ServableStartConfig("servables", "add"))
+    >>> server.start_grpc_server("127.0.0.1:5500")
+    >>> server.start_restful_server("127.0.0.1:1500")
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType, ModuleType
+from typing import Any, ParamSpec, TypeVar
+
+from rustserve.server import register
+from rustserve.server._loader import DeviceType, ServableLoader, newest_version_number
+from rustserve.server._spec import ServableSpec
+from rustserve.server.register import _check_and_as_int_tuple_list, _check_bool, _check_int, _check_str
+
+__all__ = [
+    "SSLConfig",
+    "ServableStartConfig",
+    "register",
+    "start_grpc_server",
+    "start_restful_server",
+    "start_servables",
+    "stop",
+]
+
+_logger = logging.getLogger("rustserve")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _native() -> ModuleType:
+    """The native extension, imported on first use (so the pure-Python parts work without it)."""
+    return importlib.import_module("rustserve._rustserve")
+
+
+def _as_runtime_error(exc: Exception, prefix: str = "") -> RuntimeError:
+    """MindSpore raises RuntimeError everywhere; scripts catch it. Keeps the native exception as the cause."""
+    error = RuntimeError(prefix + str(exc))
+    error.__cause__ = exc
+    return error
+
+
+class SSLConfig:
+    """Server TLS settings (MindSpore-compatible signature); TLS is not supported by rustserve yet.
+
+    Args:
+        certificate: PEM certificate chain file.
+        private_key: PEM private key file.
+        custom_ca: PEM root certificates, required when `verify_client` is True.
+        verify_client: Whether clients must present a certificate.
+
+    Raises:
+        RuntimeError: A parameter is invalid.
+    """
+
+    def __init__(
+        self, certificate: str, private_key: str, custom_ca: str | None = None, verify_client: bool = False
+    ) -> None:
+        _check_str("certificate", certificate)
+        _check_str("private_key", private_key)
+        _check_bool("verify_client", verify_client)
+        if verify_client:
+            _check_str("custom_ca", custom_ca)
+        self.certificate = certificate
+        self.private_key = private_key
+        self.custom_ca = custom_ca
+        self.verify_client = verify_client
+
+
+class ServableStartConfig:
+    """What to start: one servable version and where it runs.
+
+    Args:
+        servable_directory: The directory that holds the servable's directory.
+        servable_name: The servable name (its directory name).
+        device_ids: CUDA device id(s) for `device_type="GPU"` (default 0).
+        version_number: The version to load; 0 = the newest version directory.
+        device_type: "GPU", "CPU" or None (= CPU), case ignored; "Ascend" is not supported by rustserve.
+        num_parallel_workers: Number of Python worker processes in [0,64] (validated; see the report of the
+            running server for whether worker processes are used).
+        dec_key: Model decryption key (16, 24 or 32 bytes); validated, then refused: decryption is unsupported.
+        dec_mode: 'AES-GCM' or 'AES-CBC'.
+
+    Raises:
+        RuntimeError: A parameter is invalid (MindSpore Serving's texts).
+        NotImplementedError: `dec_key` is given.
+
+    Example:
+        >>> config = server.ServableStartConfig("servables", "resnet50", device_ids=0, device_type="GPU")
+    """
+
+    def __init__(
+        self,
+        servable_directory: str,
+        servable_name: str,
+        device_ids: int | Sequence[int] | None = None,
+        version_number: int = 0,
+        device_type: str | None = None,
+        num_parallel_workers: int = 0,
+        dec_key: bytes | None = None,
+        dec_mode: str = "AES-GCM",
+    ) -> None:
+        _check_str("servable_directory", servable_directory)
+        servable_directory = os.path.abspath(servable_directory)
+        _check_str("servable_name", servable_name)
+        _check_int("version_number", version_number, 0)
+        _check_int("num_parallel_workers", num_parallel_workers, 0, 64)
+        if dec_key is not None:
+            if not isinstance(dec_key, bytes):
+                raise RuntimeError(f"Parameter 'dec_key' should be bytes, but actually {type(dec_key)}")
+            if not dec_key:
+                raise RuntimeError("Parameter 'dec_key' should not be empty bytes")
+            if len(dec_key) not in (16, 24, 32):
+                raise RuntimeError(f"Parameter 'dec_key' length {len(dec_key)} expected to be 16, 24 or 32")
+        _check_str("dec_mode", dec_mode)
+        if dec_mode not in ("AES-GCM", "AES-CBC"):
+            raise RuntimeError("Parameter 'dec_mode' expected to be 'AES-GCM' or 'AES-CBC'")
+        ids = _check_and_as_int_tuple_list("device_ids", [] if device_ids is None else device_ids, 0)
+        if device_type is None:
+            device_type = "None"
+        _check_str("device_type", device_type)
+        if device_type.lower() not in ("none", "ascend", "gpu", "cpu"):
+            raise RuntimeError(
+                f"Unsupported device type '{device_type}', only support 'Ascend', 'GPU', 'CPU' and None, case ignored"
+            )
+        if dec_key is not None:
+            raise NotImplementedError(
+                "Parameter 'dec_key' is not supported: rustserve does not support model decryption, "
+                "serve unencrypted ONNX models"
+            )
+        self._servable_directory = servable_directory
+        self._servable_name = servable_name
+        self._version_number = version_number
+        self._device_ids = ids
+        self._device_type = device_type.lower()
+        self._num_parallel_workers = 1 if not ids and not num_parallel_workers else num_parallel_workers
+        self._dec_key = dec_key
+        self._dec_mode = dec_mode
+
+    @property
+    def servable_directory(self) -> str:
+        return self._servable_directory
+
+    @property
+    def servable_name(self) -> str:
+        return self._servable_name
+
+    @property
+    def version_number(self) -> int:
+        return self._version_number
+
+    @property
+    def device_ids(self) -> tuple[int, ...]:
+        return self._device_ids
+
+    @property
+    def device_type(self) -> str:
+        """One of "none", "ascend", "gpu", "cpu"."""
+        return self._device_type
+
+    @property
+    def num_parallel_workers(self) -> int:
+        return self._num_parallel_workers
+
+    @property
+    def dec_key(self) -> bytes | None:
+        return self._dec_key
+
+    @property
+    def dec_mode(self) -> str:
+        return self._dec_mode
+
+
+@dataclass
+class _Deployment:
+    """One (servable, version) to start, after merging the configs that name it."""
+
+    directory: str
+    name: str
+    version: int
+    device_type: DeviceType
+    device_ids: set[int] = field(default_factory=set)
+    num_parallel_workers: int = 0
+
+
+def _resolve_device_type(config: ServableStartConfig) -> DeviceType:
+    if config.device_type in ("none", "cpu"):
+        return "cpu"
+    from rustserve.server import _ort
+
+    gpu = _ort.cuda_provider_available()
+    if config.device_type == "gpu" and gpu:
+        return "gpu"
+    supported = "None, 'GPU' or 'CPU'" if gpu else "None or 'CPU'"
+    shown = {"gpu": "GPU", "ascend": "Ascend"}[config.device_type]
+    raise RuntimeError(
+        f"The device type '{shown}' of servable name {config.servable_name} is inconsistent with current running "
+        f"environment, supported device type: {supported}"
+    )
+
+
+def _check_servable_location(directory: str, name: str) -> None:
+    config_dir = os.path.join(directory, name)
+    if not os.path.isdir(config_dir):
+        raise RuntimeError(
+            f"Check servable config failed, directory '{config_dir}' not exist, servable directory '{directory}', "
+            f"servable name '{name}'"
+        )
+    config_file = os.path.join(config_dir, "servable_config.py")
+    if not os.path.isfile(config_file):
+        # NOTE: two spaces before "servable directory", as in MindSpore Serving.
+        raise RuntimeError(
+            f"Check servable config failed, file '{config_file}' not exist,  servable directory '{directory}', "
+            f"servable name '{name}'"
+        )
+
+
+def _merge_configs(configs: Sequence[ServableStartConfig]) -> list[_Deployment]:
+    """Groups configs by servable, resolves version 0 to the newest version and merges same-version configs."""
+    directories: dict[str, str] = {}
+    deployments: dict[tuple[str, int], _Deployment] = {}
+    for config in configs:
+        name = config.servable_name
+        known = directories.get(name)
+        if known is None:
+            _check_servable_location(config.servable_directory, name)
+            directories[name] = config.servable_directory
+        elif known != config.servable_directory:
+            raise RuntimeError(
+                f"The servable directory of servable name {name} is different in multiple configurations, "
+                f"servable directory: {config.servable_directory} and {known}"
+            )
+        version = config.version_number or newest_version_number(config.servable_directory, name) or 1
+        deployment = deployments.get((name, version))
+        if deployment is None:
+            deployment = _Deployment(config.servable_directory, name, version, _resolve_device_type(config))
+            deployments[(name, version)] = deployment
+        deployment.device_ids.update(config.device_ids)
+        deployment.num_parallel_workers = max(deployment.num_parallel_workers, config.num_parallel_workers)
+    return list(deployments.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Process-wide server state and lifetime.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _State:
+    """The one native server of this process and what keeps the process alive while it serves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.server: Any = None
+        self.loader: ServableLoader | None = None
+        self.grpc_address: str | None = None
+        self.rest_address: str | None = None
+        self.stopped = threading.Event()
+        self.keeper: threading.Thread | None = None
+        self.previous_handlers: dict[int, Any] = {}
+        self.main_waiting = False
+        self.atexit_registered = False
+
+
+_state = _State()
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _get_server() -> Any:
+    with _state.lock:
+        if _state.server is None:
+            _state.server = _native().Server()
+        return _state.server
+
+
+def _get_loader() -> ServableLoader:
+    with _state.lock:
+        if _state.loader is None:
+            _state.loader = ServableLoader()
+        return _state.loader
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    previous = _state.previous_handlers.get(signum)
+    _logger.warning("Serving server begin to exit: receive exit signal %s", signal.Signals(signum).name)
+    stop()
+    if _state.main_waiting or not threading.main_thread().is_alive():
+        return  # `rustserve start`, or a script that returned: stopping is all there is to do
+    # The main thread still runs user code: give the signal its usual effect there too.
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    if not _in_main_thread() or _state.previous_handlers:
+        return
+    for signum in _SIGNALS:
+        _state.previous_handlers[signum] = signal.signal(signum, _on_signal)
+
+
+def _restore_signal_handlers() -> None:
+    if not _in_main_thread():
+        return
+    for signum, handler in _state.previous_handlers.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    _state.previous_handlers.clear()
+
+
+def _keep_serving() -> None:
+    """After any start call: a non-daemon thread keeps the process alive until `stop()`, as in MindSpore."""
+    with _state.lock:
+        if _state.keeper is None or not _state.keeper.is_alive():
+            if _state.stopped.is_set():
+                _state.stopped = threading.Event()
+            _state.keeper = threading.Thread(target=_state.stopped.wait, name="rustserve-serving", daemon=False)
+            _state.keeper.start()
+        _install_signal_handlers()
+        if not _state.atexit_registered:
+            atexit.register(stop)
+            _state.atexit_registered = True
+
+
+def _wait_for_stop() -> None:
+    """Blocks the calling (main) thread until `stop()` runs, e.g. from the SIGINT/SIGTERM handler."""
+    with _state.lock:
+        stopped = _state.stopped
+        _state.main_waiting = True
+        _install_signal_handlers()
+    try:
+        while not stopped.wait(0.5):
+            pass
+    finally:
+        _state.main_waiting = False
+
+
+def _stop_on_except(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """MindSpore semantics: a failing start call stops the whole server before raising."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return func(*args, **kwargs)
+        except BaseException:
+            stop()
+            raise
+
+    return wrapper
+
+
+def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
+    """Hands loaded specs to the native server (initialising ONNX Runtime first when a model is declared)."""
+    native = _native()
+    try:
+        if any(spec["models"] for spec in specs):
+            from rustserve.server import _ort
+
+            native.init_onnxruntime(_ort.find_onnxruntime_library())
+        _get_server().add_servables(list(specs))
+    except Exception as exc:
+        raise _as_runtime_error(exc, error_prefix) from exc
+    _keep_serving()
+
+
+@_stop_on_except
+def start_servables(servable_configs: ServableStartConfig | Sequence[ServableStartConfig]) -> None:
+    """Loads one or more servables into the server (importing each servable_config.py once).
+
+    Configs that name the same servable and version are merged (device ids united). After this call the process
+    keeps serving until SIGINT/SIGTERM or `stop()`, even when the calling script returns.
+
+    Args:
+        servable_configs: One `ServableStartConfig` or a list/tuple of them.
+
+    Raises:
+        RuntimeError: Invalid configs, or a servable failed to load (`Fail to start workers: <cause>`, e.g.
+            `import <name>.servable_config failed, ...`). The server is stopped first.
+
+    Example:
+        >>> server.start_servables([server.ServableStartConfig("servables", "add")])
+    """
+    if isinstance(servable_configs, ServableStartConfig):
+        servable_configs = (servable_configs,)
+    if not isinstance(servable_configs, (tuple, list)):
+        raise RuntimeError(
+            f"Parameter 'servable_configs' should be ServableStartConfig, list or tuple of ServableStartConfig, "
+            f"but actually {type(servable_configs)}"
+        )
+    for config in servable_configs:
+        if not isinstance(config, ServableStartConfig):
+            raise RuntimeError(
+                f"The item of parameter 'servable_configs' should be ServableStartConfig, but actually {type(config)}"
+            )
+    deployments = _merge_configs(servable_configs)
+    loader = _get_loader()
+    specs: list[ServableSpec] = []
+    try:
+        for deployment in deployments:
+            specs.extend(
+                loader.load(
+                    deployment.directory,
+                    deployment.name,
+                    deployment.version,
+                    device_type=deployment.device_type,
+                    device_ids=sorted(deployment.device_ids),
+                )
+            )
+    except RuntimeError as exc:
+        raise RuntimeError(f"Fail to start workers: {exc}") from exc
+    _add_specs(specs, "Fail to start workers: ")
+
+
+_PORT_RE = re.compile(r"\s*[+-]?\d+")
+
+
+def _check_address(address: str, server_tag: str) -> None:
+    """MindSpore Serving's `common::CheckAddress` (ip:port), with its texts."""
+    position = address.rfind(":")
+    if position < 0:
+        raise RuntimeError(f"Serving Error: The format of the {server_tag} address '{address}' is illegal")
+    if position == 0 or position == len(address) - 1:
+        raise RuntimeError(f"Serving Error: Missing ip or port of the {server_tag} address '{address}'")
+    match = _PORT_RE.match(address[position + 1 :])  # std::stoi: leading number, rest ignored
+    if match is None:
+        raise RuntimeError(f"Serving Error: The type of {server_tag} address '{address}' port is not a number")
+    if not 1 <= int(match.group()) <= 65535:
+        raise RuntimeError(
+            f"Serving Error: The port of the {server_tag} address '{address}' is out of legal range [1 ~ 65535]"
+        )
+
+
+def _check_ssl_config(ssl_config: SSLConfig | None) -> None:
+    if ssl_config is None:
+        return
+    if not isinstance(ssl_config, SSLConfig):
+        raise RuntimeError("The type of ssl_config should be type of SSLConfig")
+    raise NotImplementedError("TLS is not supported yet")
+
+
+@_stop_on_except
+def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None) -> None:
+    """Starts the MindSpore Serving gRPC service (`MSService`).
+
+    Args:
+        address: `ip:port`; `unix:<path>` is not supported yet.
+        max_msg_mb_size: Largest message in MB, in [1,512], for receiving and sending.
+        ssl_config: Must be None (TLS is not supported yet).
+
+    Raises:
+        RuntimeError: Invalid parameters, already running, or bind failure (MindSpore's texts). The server is
+            stopped first.
+        NotImplementedError: `ssl_config` is given.
+
+    Example:
+        >>> server.start_grpc_server("127.0.0.1:5500")
+    """
+    _check_str("address", address)
+    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    _check_ssl_config(ssl_config)
+    with _state.lock:
+        if _state.grpc_address is not None:
+            raise RuntimeError("Serving Error: Serving gRPC server is already running")
+        if address.startswith("unix:"):
+            if len(address) == len("unix:"):
+                raise RuntimeError("Serving Error: Empty grpc server unix domain socket address")
+            raise RuntimeError(
+                f"Serving Error: Serving gRPC server does not support unix domain socket address '{address}' yet"
+            )
+        _check_address(address, "Serving gRPC")
+        try:
+            _get_server().start_grpc(address, max_msg_mb_size)
+        except Exception as exc:
+            raise _as_runtime_error(exc) from exc
+        _state.grpc_address = address
+    print(f"Serving: Serving gRPC server start success, listening on {address}", flush=True)
+    _keep_serving()
+
+
+@_stop_on_except
+def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None) -> None:
+    """Starts the MindSpore Serving RESTful service (`POST /model/<servable>[/version/<n>]:<method>`).
+
+    Args:
+        address: `ip:port`.
+        max_msg_mb_size: Largest request body in MB, in [1,512].
+        ssl_config: Must be None (TLS is not supported yet).
+
+    Raises:
+        RuntimeError: Invalid parameters, already running, or bind failure (MindSpore's texts). The server is
+            stopped first.
+        NotImplementedError: `ssl_config` is given.
+
+    Example:
+        >>> server.start_restful_server("127.0.0.1:1500")
+    """
+    _check_str("address", address)
+    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+    _check_ssl_config(ssl_config)
+    with _state.lock:
+        if _state.rest_address is not None:
+            raise RuntimeError("Serving Error: RESTful server is already running")
+        if address.startswith("unix:"):
+            raise RuntimeError("Serving Error: RESTful server does not support binding to unix domain socket")
+        _check_address(address, "RESTful server")
+        try:
+            _get_server().start_rest(address, max_msg_mb_size)
+        except Exception as exc:
+            raise _as_runtime_error(exc) from exc
+        _state.rest_address = address
+    print(f"Serving: Serving RESTful server start success, listening on {address}", flush=True)
+    _keep_serving()
+
+
+def stop() -> None:
+    """Stops the listeners and servables and releases the process (idempotent; also runs on SIGINT/SIGTERM).
+
+    Example:
+        >>> server.stop()
+    """
+    with _state.lock:
+        server, _state.server = _state.server, None
+        _state.loader = None
+        _state.grpc_address = None
+        _state.rest_address = None
+        stopped = _state.stopped
+        _restore_signal_handlers()
+    try:
+        if server is not None:
+            server.stop()
+    finally:
+        stopped.set()

@@ -1,0 +1,365 @@
+"""Loads servables from disk into `ServableSpec` dicts for the native core.
+
+A servable lives in `<servable_directory>/<name>/`: `servable_config.py` plus version directories (all-digit
+names, newest = largest) that hold the model files. The config is imported once per servable as module
+`<name>.servable_config` (so it can import siblings as `<name>.helper`) while `register.py` records into a fresh
+registry; every version of the servable then shares the same Python functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Literal
+
+from rustserve.server import register
+from rustserve.server._spec import ModelSpec, ServableSpec
+
+__all__ = ["ServableLoader", "discover_servables", "load_all_versions", "load_servable", "newest_version_number"]
+
+_CONFIG_FILE = "servable_config.py"
+_SERVABLE_PACKAGE_MARK = "__rustserve_servable_dir__"
+
+DeviceType = Literal["cpu", "gpu"]
+
+
+def _version_dirs(directory: str, name: str) -> dict[int, str]:
+    """Version number -> absolute version directory, for every all-digit directory name > 0."""
+    root = os.path.join(directory, name)
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return {}
+    versions: dict[int, str] = {}
+    for entry in entries:
+        path = os.path.join(root, entry)
+        if not (entry.isascii() and entry.isdigit()) or not os.path.isdir(path):
+            continue
+        version = int(entry)
+        # "01" and "1" both name version 1; the canonical spelling wins.
+        if version > 0 and (version not in versions or entry == str(version)):
+            versions[version] = path
+    return versions
+
+
+def newest_version_number(directory: str, name: str) -> int:
+    """The largest version directory number of a servable, 0 when it has none.
+
+    Args:
+        directory: The servable directory (parent of the servable's own directory).
+        name: The servable name.
+
+    Returns:
+        The newest version number, or 0.
+    """
+    return max(_version_dirs(os.path.abspath(directory), name), default=0)
+
+
+def discover_servables(directory: str) -> list[str]:
+    """Names of the servables under `directory`: its subdirectories that hold a servable_config.py, sorted.
+
+    Args:
+        directory: The servable directory.
+
+    Returns:
+        The servable names.
+
+    Raises:
+        RuntimeError: `directory` is not a directory.
+    """
+    if not os.path.isdir(directory):
+        raise RuntimeError(f"servable directory '{directory}' not exist")
+    return sorted(
+        entry for entry in os.listdir(directory) if os.path.isfile(os.path.join(directory, entry, _CONFIG_FILE))
+    )
+
+
+def _check_location(directory: str, name: str) -> None:
+    config_dir = os.path.join(directory, name)
+    if not os.path.isdir(config_dir):
+        raise RuntimeError(
+            f"Load servable config failed, directory '{config_dir}' not exist, servable directory '{directory}', "
+            f"servable name '{name}'"
+        )
+    config_file = os.path.join(config_dir, _CONFIG_FILE)
+    if not os.path.isfile(config_file):
+        raise RuntimeError(
+            f"Load servable config failed, file '{config_file}' not exist, servable directory '{directory}', "
+            f"servable name '{name}'"
+        )
+
+
+def _forget_modules(name: str) -> None:
+    for module_name in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+        del sys.modules[module_name]
+
+
+def _prepare_package(name: str, package_dir: str) -> None:
+    """Makes `sys.modules[name]` the package of `package_dir`, so `<name>.*` imports resolve inside it.
+
+    Pinning the package's `__path__` keeps two servable directories that hold a servable of the same name (or an
+    earlier load of this one) from shadowing each other through `sys.path` order.
+    """
+    real_dir = os.path.realpath(package_dir)
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if getattr(existing, _SERVABLE_PACKAGE_MARK, None) is not None:
+            _forget_modules(name)  # a package made by an earlier load: load afresh
+        elif real_dir in (os.path.realpath(path) for path in getattr(existing, "__path__", ())):
+            sys.modules.pop(f"{name}.servable_config", None)  # the user imported the package: keep it
+            return
+        else:
+            origin = getattr(existing, "__file__", None) or getattr(existing, "__path__", None)
+            raise RuntimeError(
+                f"the servable name '{name}' clashes with the already imported module '{name}' ({origin})"
+            )
+
+    init_file = os.path.join(package_dir, "__init__.py")
+    spec: importlib.machinery.ModuleSpec | None
+    if os.path.isfile(init_file):
+        spec = importlib.util.spec_from_file_location(name, init_file, submodule_search_locations=[package_dir])
+    else:
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [package_dir]
+    if spec is None:  # pragma: no cover - spec_from_file_location only fails for unknown suffixes
+        raise RuntimeError(f"cannot create the package '{name}' from '{package_dir}'")
+    module = importlib.util.module_from_spec(spec)
+    setattr(module, _SERVABLE_PACKAGE_MARK, real_dir)
+    sys.modules[name] = module
+    try:
+        if spec.loader is not None:
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
+class ServableLoader:
+    """Imports servable configs (once per servable) and builds their `ServableSpec` dicts.
+
+    One loader remembers what it imported: loading another version of the same servable through it reuses the
+    recorded declarations and Python functions instead of importing servable_config.py again.
+    """
+
+    def __init__(self) -> None:
+        self._registries: dict[tuple[str, str], register._Registry] = {}
+
+    def import_config(self, directory: str, name: str) -> register._Registry:
+        """Imports `<name>.servable_config` from `directory` (once) and returns what it declared.
+
+        Args:
+            directory: The servable directory.
+            name: The servable name.
+
+        Returns:
+            The servable's registry.
+
+        Raises:
+            RuntimeError: The servable directory or config file is missing, or the import failed
+                (`import <name>.servable_config failed, <exception text>`).
+        """
+        directory = os.path.abspath(directory)
+        _check_location(directory, name)
+        key = (os.path.realpath(directory), name)
+        cached = self._registries.get(key)
+        if cached is not None:
+            return cached
+
+        if directory not in sys.path:
+            sys.path.append(directory)
+        registry = register._Registry(name)
+        module_name = f"{name}.servable_config"
+        try:
+            _prepare_package(name, os.path.join(directory, name))
+            sys.modules.pop(module_name, None)
+            with register._recording(registry):
+                importlib.import_module(module_name)
+        except Exception as exc:
+            raise RuntimeError(f"import {module_name} failed, {exc}") from exc
+        self._registries[key] = registry
+        return registry
+
+    def load(
+        self,
+        directory: str,
+        name: str,
+        version_number: int = 0,
+        *,
+        device_type: DeviceType = "cpu",
+        device_ids: Sequence[int] = (),
+    ) -> list[ServableSpec]:
+        """Loads one version of a servable.
+
+        Args:
+            directory: The servable directory.
+            name: The servable name.
+            version_number: The version to load; 0 = the newest version directory (version 1 when the servable
+                declares no model and has no version directory).
+            device_type: Where its models run.
+            device_ids: CUDA devices for "gpu" (default [0]).
+
+        Returns:
+            A list with the one `ServableSpec`.
+
+        Raises:
+            RuntimeError: See `import_config`; also a missing version directory or model file, or no method.
+        """
+        register._check_int("version_number", version_number, 0)
+        directory = os.path.abspath(directory)
+        registry = self.import_config(directory, name)
+        versions = _version_dirs(directory, name)
+        if version_number == 0:
+            if versions:
+                version_number = max(versions)
+            elif registry.models:
+                raise RuntimeError(
+                    f"There is no valid version directory of models while there are models declared in "
+                    f"servable_config.py, servable directory: {directory}, servable name: {name}"
+                )
+            else:
+                version_number = 1
+        elif version_number not in versions and registry.models:
+            raise RuntimeError(
+                f"Start servable failed: There is no specified version directory of models, specified version "
+                f"number: {version_number}, servable directory: '{directory}', servable name: '{name}'"
+            )
+        version_dir = versions.get(version_number, "")
+        return [_build_spec(directory, registry, version_number, version_dir, device_type, device_ids)]
+
+    def load_all_versions(
+        self,
+        directory: str,
+        name: str,
+        *,
+        device_type: DeviceType = "cpu",
+        device_ids: Sequence[int] = (),
+    ) -> list[ServableSpec]:
+        """Loads every version directory of a servable (version 1 alone when it has none and declares no model).
+
+        Args:
+            directory: The servable directory.
+            name: The servable name.
+            device_type: Where its models run.
+            device_ids: CUDA devices for "gpu" (default [0]).
+
+        Returns:
+            One `ServableSpec` per version, oldest first.
+
+        Raises:
+            RuntimeError: See `load`.
+        """
+        directory = os.path.abspath(directory)
+        registry = self.import_config(directory, name)
+        versions = _version_dirs(directory, name)
+        if not versions:
+            if registry.models:
+                raise RuntimeError(
+                    f"There is no valid version directory of models while there are models declared in "
+                    f"servable_config.py, servable directory: {directory}, servable name: {name}"
+                )
+            return [_build_spec(directory, registry, 1, "", device_type, device_ids)]
+        return [
+            _build_spec(directory, registry, version, versions[version], device_type, device_ids)
+            for version in sorted(versions)
+        ]
+
+
+def _build_spec(
+    directory: str,
+    registry: register._Registry,
+    version: int,
+    version_dir: str,
+    device_type: DeviceType,
+    device_ids: Sequence[int],
+) -> ServableSpec:
+    name = registry.servable_name
+    gpu_ids = [int(device_id) for device_id in device_ids] or [0]
+    models: list[ModelSpec] = []
+    for declared in registry.models:
+        files: list[str] = []
+        for file_name in declared.files:
+            path = os.path.join(version_dir, file_name)
+            if not os.path.isfile(path):
+                raise RuntimeError(
+                    f"Load model failed, servable directory: '{directory}', servable name: '{name}', model file: "
+                    f"'{declared.model.model_key}', version number {version}, load error details: model file "
+                    f"'{path}' not exist"
+                )
+            files.append(path)
+        models.append(
+            {
+                "key": declared.model.model_key,
+                "files": files,
+                "with_batch_dim": declared.with_batch_dim,
+                "without_batch_dim_inputs": list(declared.without_batch_dim_inputs),
+                "max_batch_size": declared.max_batch_size,
+                "device_type": device_type,
+                "device_ids": gpu_ids if device_type == "gpu" else [],
+                "intra_op_threads": declared.intra_op_threads,
+            }
+        )
+    if not registry.methods:
+        raise RuntimeError(f"There is no method registered for servable {name}")
+    return {
+        "name": name,
+        "version": version,
+        "version_dir": version_dir,
+        "models": models,
+        # deepcopy keeps the function objects (copy treats functions as atomic) and unshares the lists.
+        "methods": copy.deepcopy(registry.methods),
+    }
+
+
+def load_servable(
+    directory: str,
+    name: str,
+    version_number: int = 0,
+    *,
+    device_type: DeviceType = "cpu",
+    device_ids: Sequence[int] = (),
+) -> list[ServableSpec]:
+    """Loads one version of a servable with a fresh `ServableLoader`; 0 = the newest version.
+
+    Args:
+        directory: The servable directory.
+        name: The servable name.
+        version_number: The version to load, 0 = newest.
+        device_type: Where its models run.
+        device_ids: CUDA devices for "gpu" (default [0]).
+
+    Returns:
+        A list with the one `ServableSpec`.
+
+    Raises:
+        RuntimeError: See `ServableLoader.load`.
+    """
+    return ServableLoader().load(directory, name, version_number, device_type=device_type, device_ids=device_ids)
+
+
+def load_all_versions(
+    directory: str,
+    name: str,
+    *,
+    device_type: DeviceType = "cpu",
+    device_ids: Sequence[int] = (),
+) -> list[ServableSpec]:
+    """Loads every version of a servable with a fresh `ServableLoader`; servable_config.py is imported once.
+
+    Args:
+        directory: The servable directory.
+        name: The servable name.
+        device_type: Where its models run.
+        device_ids: CUDA devices for "gpu" (default [0]).
+
+    Returns:
+        One `ServableSpec` per version, oldest first.
+
+    Raises:
+        RuntimeError: See `ServableLoader.load`.
+    """
+    return ServableLoader().load_all_versions(directory, name, device_type=device_type, device_ids=device_ids)

@@ -1,0 +1,699 @@
+//! Batcher tests: fake runners for the batching rules (padding, grouping, fan-out, cancellation), then the same
+//! paths through real ONNX Runtime sessions on the models of `rust/tests_data/make_test_models.py`.
+
+// Test data are small integers stored as f32, so the casts are exact and exact float comparison is intended.
+#![allow(clippy::cast_precision_loss, clippy::float_cmp)]
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::model::IoInfo;
+use crate::model::test_support::{f32_tensor, model_path, ort_ready};
+use crate::tensor::{DType, TensorData};
+
+fn io(name: &str, dtype: DType, shape: &[i64]) -> IoInfo {
+    IoInfo {
+        name: name.to_owned(),
+        dtype,
+        shape: shape.to_vec(),
+    }
+}
+
+fn sig(inputs: Vec<IoInfo>, outputs: Vec<IoInfo>) -> ModelSignature {
+    ModelSignature { inputs, outputs }
+}
+
+fn batched(max: Option<usize>) -> BatchConfig {
+    BatchConfig {
+        with_batch_dim: true,
+        without_batch_dim_inputs: vec![],
+        max_batch_size: max,
+    }
+}
+
+fn row(values: &[f32]) -> Tensor {
+    f32_tensor(vec![values.len() as i64], values)
+}
+
+fn strings(shape: Vec<i64>, items: &[&str]) -> Tensor {
+    Tensor::new(
+        DType::String,
+        shape,
+        TensorData::Items(items.iter().map(|s| Bytes::from(s.to_string())).collect()),
+    )
+    .unwrap()
+}
+
+type Calls = Arc<Mutex<Vec<Vec<Tensor>>>>;
+
+/// A fake model whose first run blocks until released, so a test can queue work behind it deterministically.
+struct Gated {
+    queue: ModelQueue,
+    calls: Calls,
+    started: std_mpsc::Receiver<()>,
+    release: std_mpsc::Sender<()>,
+}
+
+impl Gated {
+    /// `respond` computes the outputs from the full-batch inputs; every call is recorded (the blocker's too).
+    fn new(
+        signature: ModelSignature,
+        cfg: &BatchConfig,
+        respond: impl Fn(&[Tensor]) -> Result<Vec<Tensor>, ServeError> + Send + 'static,
+    ) -> Gated {
+        let calls: Calls = Arc::default();
+        let (started_tx, started) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel::<()>();
+        let seen = Arc::clone(&calls);
+        let mut first = true;
+        let runner = move |inputs: Vec<Tensor>| {
+            seen.lock().unwrap().push(inputs.clone());
+            if first {
+                first = false;
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            }
+            respond(&inputs)
+        };
+        let queue = ModelQueue::new("/models/fake.onnx", signature, cfg, Box::new(runner)).unwrap();
+        Gated {
+            queue,
+            calls,
+            started,
+            release,
+        }
+    }
+
+    /// Occupies the batch thread with `blocker`, queues `instances`, releases; returns the results (blocker excluded)
+    /// and the runner calls after the blocker's.
+    fn run_behind_blocker(
+        &self,
+        blocker: Vec<Tensor>,
+        instances: Vec<Vec<Tensor>>,
+    ) -> (Vec<InstanceResult>, Vec<Vec<Tensor>>) {
+        let first = self.queue.submit(blocker).unwrap();
+        self.started.recv().unwrap();
+        let receivers: Vec<_> = instances
+            .into_iter()
+            .map(|inst| self.queue.submit(inst).unwrap())
+            .collect();
+        assert_eq!(self.queue.queue_depth(), receivers.len());
+        self.release.send(()).unwrap();
+        first.blocking_recv().unwrap().unwrap();
+        let results = receivers.into_iter().map(|rx| rx.blocking_recv().unwrap()).collect();
+        let calls = self.calls.lock().unwrap()[1..].to_vec();
+        (results, calls)
+    }
+}
+
+/// Echo: output 0 = input 0 (fallible, to match the runner signature).
+#[allow(clippy::unnecessary_wraps)]
+fn echo(inputs: &[Tensor]) -> Result<Vec<Tensor>, ServeError> {
+    Ok(vec![inputs[0].clone()])
+}
+
+fn fixed_sig(n: i64) -> ModelSignature {
+    sig(
+        vec![io("x", DType::Float32, &[n, 2])],
+        vec![io("y", DType::Float32, &[n, 2])],
+    )
+}
+
+// ---- load-time validation ----
+
+#[test]
+fn batch_sizes() {
+    let plan = |s: &ModelSignature, c: &BatchConfig| BatchPlan::new(s, c, "m.onnx").unwrap().mode;
+    assert_eq!(plan(&fixed_sig(4), &batched(None)), BatchMode::Fixed(4));
+    assert_eq!(plan(&fixed_sig(4), &batched(Some(100))), BatchMode::Fixed(4));
+    assert_eq!(
+        plan(&fixed_sig(-1), &batched(None)),
+        BatchMode::Dynamic(DEFAULT_MAX_BATCH_SIZE)
+    );
+    assert_eq!(plan(&fixed_sig(-1), &batched(Some(5))), BatchMode::Dynamic(5));
+    let whole = BatchConfig {
+        with_batch_dim: false,
+        without_batch_dim_inputs: vec![],
+        max_batch_size: None,
+    };
+    assert_eq!(plan(&fixed_sig(4), &whole), BatchMode::Whole);
+    assert_eq!(BatchMode::Whole.batch_size(), 1);
+    // static and symbolic dim 0 mixed: the static size wins
+    let mixed = sig(
+        vec![io("x", DType::Float32, &[-1, 2])],
+        vec![io("y", DType::Float32, &[3, 2])],
+    );
+    assert_eq!(plan(&mixed, &batched(None)), BatchMode::Fixed(3));
+}
+
+#[test]
+fn validation_texts_name_the_model_file() {
+    let err = |s: ModelSignature, c: BatchConfig| match BatchPlan::new(&s, &c, "/srv/add.onnx").unwrap_err() {
+        ServeError::Config(text) => {
+            assert!(text.starts_with("model file '/srv/add.onnx': "), "{text}");
+            text
+        }
+        other => panic!("{other:?}"),
+    };
+    let out = || vec![io("y", DType::Float32, &[2, 2])];
+    let no_bdi = BatchConfig {
+        without_batch_dim_inputs: vec![1],
+        ..batched(None)
+    };
+    let text = err(
+        sig(vec![io("x", DType::Float32, &[]), io("b", DType::Float32, &[2])], out()),
+        no_bdi,
+    );
+    assert!(
+        text.ends_with(
+            "The shape of model input 0 cannot be empty, when with_batch_dim is true and without_batch_dim_inputs is [1]"
+        ),
+        "{text}"
+    );
+    let text = err(sig(vec![io("x", DType::Float32, &[0, 2])], out()), batched(None));
+    assert!(
+        text.ends_with("The shape of model input 0 is invalid, shape: [0, 2]"),
+        "{text}"
+    );
+    let two = vec![io("a", DType::Float32, &[2, 2]), io("b", DType::Float32, &[3, 2])];
+    let text = err(sig(two, out()), batched(None));
+    assert!(
+        text.ends_with("The shape [3, 2] of model input 1 does not match current batch size 2"),
+        "{text}"
+    );
+    let text = err(
+        sig(
+            vec![io("x", DType::Float32, &[2, 2])],
+            vec![io("y", DType::Float32, &[4])],
+        ),
+        batched(None),
+    );
+    assert!(
+        text.ends_with("The shape [4] of model output 0 does not match current batch size 2"),
+        "{text}"
+    );
+    let text = err(
+        sig(
+            vec![io("x", DType::Float32, &[2, 2])],
+            vec![io("y", DType::Float32, &[])],
+        ),
+        batched(None),
+    );
+    assert!(
+        text.ends_with("The shape of model output 0 cannot be empty, when with_batch_dim is true"),
+        "{text}"
+    );
+    let text = err(
+        fixed_sig(2),
+        BatchConfig {
+            without_batch_dim_inputs: vec![3],
+            ..batched(None)
+        },
+    );
+    assert!(
+        text.contains("without_batch_dim_inputs index 3 is out of range"),
+        "{text}"
+    );
+    let text = err(fixed_sig(-1), batched(Some(0)));
+    assert!(text.contains("max_batch_size"), "{text}");
+}
+
+// ---- per-instance checks ----
+
+#[test]
+fn instance_check_texts() {
+    let s = sig(
+        vec![io("x", DType::Float32, &[2, 2]), io("z", DType::Float32, &[2, 2])],
+        vec![io("y", DType::Float32, &[2, 2])],
+    );
+    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let invalid = |inputs: Vec<Tensor>| match queue.submit(inputs) {
+        Err(ServeError::InvalidInput(text)) => text,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        invalid(vec![row(&[1.0, 2.0])]),
+        "Given model inputs size 1 less than model inputs size 2"
+    );
+    assert_eq!(
+        invalid(vec![row(&[1.0, 2.0, 3.0]), row(&[1.0, 2.0])]),
+        "Given model input 0 size 12 not match the size 8 defined in model"
+    );
+    let ints = Tensor::from_values(vec![2], &[1i32, 2]).unwrap();
+    assert_eq!(
+        invalid(vec![row(&[1.0, 2.0]), ints]),
+        "Given model input 1 data type kMSI_Int32 not match the data type kMSI_Float32 defined in model"
+    );
+    let text = invalid(vec![row(&[1.0, 2.0]), Tensor::scalar_string("a")]);
+    assert!(
+        text.contains("data type kMSI_String not match the data type kMSI_Float32"),
+        "{text}"
+    );
+    // the shape is not compared: a [1, 2] instance fills the [2] slot and gets the model's per-instance shape back;
+    // extra inputs are ignored
+    let out = queue
+        .infer_blocking(vec![f32_tensor(vec![1, 2], &[1.0, 2.0]), row(&[3.0, 4.0]), row(&[9.0])])
+        .unwrap();
+    assert_eq!(out, vec![row(&[1.0, 2.0])]);
+}
+
+#[test]
+fn symbolic_dims_check_dtype_and_rank() {
+    let s = sig(
+        vec![io("x", DType::Float32, &[-1, -1, 3])],
+        vec![io("y", DType::Float32, &[-1, -1, 3])],
+    );
+    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let text = match queue.submit(vec![row(&[1.0, 2.0, 3.0])]) {
+        Err(ServeError::InvalidInput(text)) => text,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text,
+        "Given model input 0 shape [3] not match the shape [-1, 3] defined in model"
+    );
+    assert!(queue.submit(vec![f32_tensor(vec![2, 2], &[0.0; 4])]).is_err());
+    let ok = f32_tensor(vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(queue.infer_blocking(vec![ok.clone()]).unwrap(), vec![ok]);
+}
+
+#[test]
+fn string_inputs_must_be_utf8_without_nul() {
+    let s = sig(vec![io("s", DType::String, &[-1])], vec![io("t", DType::String, &[-1])]);
+    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let bad = Tensor::new(
+        DType::String,
+        vec![],
+        TensorData::Items(vec![Bytes::from_static(b"\xff")]),
+    )
+    .unwrap();
+    assert!(matches!(queue.submit(vec![bad]), Err(ServeError::InvalidInput(t)) if t.contains("UTF-8")));
+    let nul = Tensor::new(
+        DType::String,
+        vec![],
+        TensorData::Items(vec![Bytes::from_static(b"a\0b")]),
+    )
+    .unwrap();
+    assert!(matches!(queue.submit(vec![nul]), Err(ServeError::InvalidInput(t)) if t.contains("NUL")));
+}
+
+// ---- padding and batching ----
+
+#[test]
+fn fixed_batch_pads_with_the_first_instance() {
+    const N: usize = 3;
+    for count in [1, N - 1, N, N + 1, 3 * N + 1] {
+        let gated = Gated::new(fixed_sig(N as i64), &batched(None), echo);
+        let instances: Vec<Vec<Tensor>> = (0..count).map(|k| vec![row(&[k as f32, -(k as f32)])]).collect();
+        let (results, calls) = gated.run_behind_blocker(vec![row(&[99.0, 99.0])], instances.clone());
+        assert_eq!(calls.len(), count.div_ceil(N), "{count} instances");
+        for (c, call) in calls.iter().enumerate() {
+            let x = &call[0];
+            assert_eq!(x.shape, vec![N as i64, 2], "the runner always sees exactly N rows");
+            let values = x.to_values::<f32>().unwrap();
+            let first = c * N;
+            for r in 0..N {
+                // real rows in FIFO order, padding rows copy the batch's first instance
+                let k = if first + r < count { first + r } else { first };
+                assert_eq!(
+                    &values[2 * r..2 * r + 2],
+                    &[k as f32, -(k as f32)],
+                    "{count} instances, call {c}, row {r}"
+                );
+            }
+        }
+        // every caller gets its own row back, with the per-instance shape; padded rows are dropped
+        assert_eq!(results.len(), count);
+        for (k, result) in results.into_iter().enumerate() {
+            assert_eq!(result.unwrap(), instances[k]);
+        }
+    }
+}
+
+#[test]
+fn without_batch_dim_inputs_come_from_the_first_instance() {
+    let s = sig(
+        vec![io("x", DType::Float32, &[2, 2]), io("bias", DType::Float32, &[2])],
+        vec![io("y", DType::Float32, &[2, 2])],
+    );
+    let cfg = BatchConfig {
+        without_batch_dim_inputs: vec![1],
+        ..batched(None)
+    };
+    let gated = Gated::new(s, &cfg, echo);
+    let instances = vec![
+        vec![row(&[1.0, 1.0]), row(&[10.0, 20.0])],
+        vec![row(&[2.0, 2.0]), row(&[30.0, 40.0])],
+    ];
+    // the bias slot is the whole [2] tensor: a [3] one is a size error
+    assert!(
+        gated
+            .queue
+            .submit(vec![row(&[1.0, 1.0]), row(&[1.0, 2.0, 3.0])])
+            .is_err()
+    );
+    let (results, calls) = gated.run_behind_blocker(vec![row(&[0.0, 0.0]), row(&[0.0, 0.0])], instances.clone());
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0][0], f32_tensor(vec![2, 2], &[1.0, 1.0, 2.0, 2.0]));
+    assert_eq!(
+        calls[0][1],
+        row(&[10.0, 20.0]),
+        "taken once, from the first instance, not stacked"
+    );
+    assert_eq!(results[1].clone().unwrap(), vec![row(&[2.0, 2.0])]);
+}
+
+#[test]
+fn dynamic_batches_are_limited_and_unpadded() {
+    let gated = Gated::new(fixed_sig(-1), &batched(Some(4)), echo);
+    let instances: Vec<Vec<Tensor>> = (0..10).map(|k| vec![row(&[k as f32, 0.0])]).collect();
+    let (results, calls) = gated.run_behind_blocker(vec![row(&[0.0, 0.0])], instances.clone());
+    let rows: Vec<i64> = calls.iter().map(|c| c[0].shape[0]).collect();
+    assert_eq!(rows, vec![4, 4, 2]);
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), instances[k]);
+    }
+    assert_eq!(gated.queue.batch_size(), 4);
+}
+
+#[test]
+fn dynamic_batches_never_mix_shapes() {
+    let s = sig(
+        vec![io("x", DType::Float32, &[-1, -1])],
+        vec![io("y", DType::Float32, &[-1, -1])],
+    );
+    let gated = Gated::new(s, &batched(None), echo);
+    let lengths = [2usize, 3, 2, 3, 2];
+    let instances: Vec<Vec<Tensor>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| vec![row(&vec![k as f32; n])])
+        .collect();
+    let (results, calls) = gated.run_behind_blocker(vec![row(&[0.0])], instances.clone());
+    let shapes: Vec<Vec<i64>> = calls.iter().map(|c| c[0].shape.clone()).collect();
+    assert_eq!(
+        shapes,
+        vec![vec![3, 2], vec![2, 3]],
+        "grouped by shape, FIFO by each group's first instance"
+    );
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), instances[k]);
+    }
+}
+
+#[test]
+fn strings_stack_and_split() {
+    let s = sig(
+        vec![io("s", DType::String, &[-1, 2])],
+        vec![io("t", DType::String, &[-1, 2])],
+    );
+    let gated = Gated::new(s, &batched(None), echo);
+    let instances = vec![
+        vec![strings(vec![2], &["a", "b"])],
+        vec![strings(vec![1, 2], &["c", "dé"])],
+    ];
+    let (results, calls) = gated.run_behind_blocker(vec![strings(vec![2], &["x", "y"])], instances);
+    assert_eq!(calls[0][0], strings(vec![2, 2], &["a", "b", "c", "dé"]));
+    assert_eq!(results[1].clone().unwrap(), vec![strings(vec![2], &["c", "dé"])]);
+}
+
+#[test]
+fn whole_tensors_without_batch_dim() {
+    let cfg = BatchConfig {
+        with_batch_dim: false,
+        without_batch_dim_inputs: vec![],
+        max_batch_size: Some(8),
+    };
+    let gated = Gated::new(fixed_sig(2), &cfg, echo);
+    assert_eq!(gated.queue.batch_size(), 1);
+    let instances: Vec<Vec<Tensor>> = (0..3)
+        .map(|k| vec![f32_tensor(vec![1, 4], &[k as f32, 1.0, 2.0, 3.0])])
+        .collect();
+    let (results, calls) = gated.run_behind_blocker(vec![f32_tensor(vec![2, 2], &[0.0; 4])], instances);
+    assert_eq!(calls.len(), 3, "one instance per run");
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(
+            result.unwrap(),
+            vec![f32_tensor(vec![2, 2], &[k as f32, 1.0, 2.0, 3.0])],
+            "model's shape"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_batch() {
+    let gated = Gated::new(fixed_sig(-1), &batched(None), echo);
+    let blocker = gated.queue.submit(vec![row(&[0.0, 0.0])]).unwrap();
+    gated.started.recv().unwrap();
+    let callers = (0..5).map(|k| gated.queue.infer(vec![row(&[k as f32, 1.0])]));
+    let release = async {
+        // release the blocker only once all five callers are queued
+        while gated.queue.queue_depth() < 5 {
+            tokio::task::yield_now().await;
+        }
+        gated.release.send(()).unwrap();
+    };
+    let (results, ()) = tokio::join!(futures::future::join_all(callers), release);
+    blocker.await.unwrap().unwrap();
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), vec![row(&[k as f32, 1.0])]);
+    }
+    let calls = gated.calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1][0].shape, vec![5, 2], "five callers, one run");
+}
+
+// ---- failures ----
+
+#[test]
+fn model_errors_reach_every_instance_of_the_batch() {
+    let failing = |inputs: &[Tensor]| {
+        let values = inputs[0].to_values::<f32>().unwrap();
+        if values.contains(&13.0) {
+            Err(ServeError::Model("unlucky row".into()))
+        } else {
+            echo(inputs)
+        }
+    };
+    let gated = Gated::new(fixed_sig(2), &batched(None), failing);
+    let instances: Vec<Vec<Tensor>> = [1.0, 13.0, 3.0].iter().map(|&v| vec![row(&[v, v])]).collect();
+    let (results, _) = gated.run_behind_blocker(vec![row(&[0.0, 0.0])], instances);
+    for result in &results[..2] {
+        assert_eq!(
+            result.clone().unwrap_err(),
+            ServeError::Model("Predict failed, model '/models/fake.onnx': unlucky row".into())
+        );
+    }
+    assert_eq!(
+        results[2].clone().unwrap(),
+        vec![row(&[3.0, 3.0])],
+        "the next batch is unaffected"
+    );
+}
+
+#[test]
+fn runner_panics_and_bad_outputs_fail_the_batch_only() {
+    let flaky = |inputs: &[Tensor]| {
+        let v = inputs[0].to_values::<f32>().unwrap()[0];
+        assert!(v != 1.0, "kernel exploded");
+        if v == 2.0 {
+            return Ok(vec![row(&[1.0, 2.0, 3.0])]); // dim 0 does not match the rows
+        }
+        if v == 3.0 {
+            return Ok(vec![]); // wrong output count
+        }
+        echo(inputs)
+    };
+    let queue = ModelQueue::new(
+        "/m/flaky.onnx",
+        fixed_sig(-1),
+        &batched(None),
+        Box::new(move |i: Vec<Tensor>| flaky(&i)),
+    )
+    .unwrap();
+    let err = |v: f32| queue.infer_blocking(vec![row(&[v, 0.0])]).unwrap_err();
+    assert!(matches!(err(1.0), ServeError::Model(t) if t.contains("flaky.onnx") && t.contains("kernel exploded")));
+    assert!(matches!(err(2.0), ServeError::Model(t) if t.contains("output 0 has shape [3]")));
+    assert!(matches!(err(3.0), ServeError::Model(t) if t.contains("0 outputs")));
+    assert_eq!(
+        queue.infer_blocking(vec![row(&[4.0, 0.0])]).unwrap(),
+        vec![row(&[4.0, 0.0])]
+    );
+}
+
+#[test]
+fn cancelled_callers_are_skipped() {
+    let gated = Gated::new(fixed_sig(-1), &batched(None), echo);
+    let blocker = gated.queue.submit(vec![row(&[0.0, 0.0])]).unwrap();
+    gated.started.recv().unwrap();
+    let mut receivers: Vec<_> = (0..4)
+        .map(|k| Some(gated.queue.submit(vec![row(&[k as f32, 0.0])]).unwrap()))
+        .collect();
+    receivers[0] = None; // the batch's would-be first instance goes away
+    receivers[2] = None;
+    gated.release.send(()).unwrap();
+    blocker.blocking_recv().unwrap().unwrap();
+    for (k, rx) in receivers.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), vec![row(&[k as f32, 0.0])]);
+        }
+    }
+    let calls = gated.calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1][0],
+        f32_tensor(vec![2, 2], &[1.0, 0.0, 3.0, 0.0]),
+        "only live instances run"
+    );
+    assert_eq!(gated.queue.queue_depth(), 0);
+}
+
+#[tokio::test]
+async fn dropped_futures_do_not_break_the_batcher() {
+    let gated = Gated::new(fixed_sig(-1), &batched(None), echo);
+    let blocker = gated.queue.submit(vec![row(&[0.0, 0.0])]).unwrap();
+    gated.started.recv().unwrap();
+    {
+        // poll once so the instance is queued, then drop the future
+        let mut abandoned = Box::pin(gated.queue.infer(vec![row(&[5.0, 5.0])]));
+        assert!(futures::poll!(&mut abandoned).is_pending());
+        assert_eq!(gated.queue.queue_depth(), 1);
+    }
+    gated.release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    assert_eq!(
+        gated.queue.infer(vec![row(&[6.0, 6.0])]).await.unwrap(),
+        vec![row(&[6.0, 6.0])]
+    );
+}
+
+#[test]
+fn shutdown_finishes_queued_work_then_refuses() {
+    let gated = Gated::new(fixed_sig(-1), &batched(None), echo);
+    let blocker = gated.queue.submit(vec![row(&[0.0, 0.0])]).unwrap();
+    gated.started.recv().unwrap();
+    let queued = gated.queue.submit(vec![row(&[1.0, 2.0])]).unwrap();
+    gated.release.send(()).unwrap();
+    gated.queue.shutdown();
+    assert!(blocker.blocking_recv().unwrap().is_ok());
+    assert_eq!(queued.blocking_recv().unwrap().unwrap(), vec![row(&[1.0, 2.0])]);
+    let err = gated.queue.infer_blocking(vec![row(&[1.0, 2.0])]).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::Unavailable(t) if t.contains("fake.onnx")),
+        "{err:?}"
+    );
+    gated.queue.shutdown();
+}
+
+// ---- real ONNX Runtime sessions ----
+
+fn load(name: &str, cfg: &BatchConfig) -> ModelQueue {
+    ModelQueue::load(&model_path(name), cfg, DeviceChoice::Cpu, Some(1)).unwrap()
+}
+
+#[tokio::test]
+async fn ort_add_fixed_batch() {
+    ort_ready();
+    let queue = load("add_fixed", &batched(None));
+    assert_eq!(queue.batch_mode(), BatchMode::Fixed(2));
+    let calls = (0..5).map(|k| {
+        let k = k as f32;
+        queue.infer(vec![row(&[k, 1.0]), row(&[10.0, 20.0 * k])])
+    });
+    for (k, result) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        let k = k as f32;
+        assert_eq!(result.unwrap(), vec![row(&[k + 10.0, 1.0 + 20.0 * k])]);
+    }
+    let text = match queue.submit(vec![row(&[1.0, 2.0]), row(&[1.0, 2.0, 3.0, 4.0])]) {
+        Err(ServeError::InvalidInput(t)) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text,
+        "Given model input 1 size 16 not match the size 8 defined in model"
+    );
+}
+
+#[tokio::test]
+async fn ort_dynamic_batch_and_bias() {
+    ort_ready();
+    let queue = load("mul_dynamic", &batched(Some(3)));
+    assert_eq!(queue.batch_mode(), BatchMode::Dynamic(3));
+    let calls = (0..7).map(|k| queue.infer(vec![row(&[k as f32, 1.0, -2.0])]));
+    for (k, result) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), vec![row(&[2.0 * k as f32, 2.0, -4.0])]);
+    }
+    let cfg = BatchConfig {
+        without_batch_dim_inputs: vec![1],
+        ..batched(None)
+    };
+    let queue = load("add_bias_fixed", &cfg);
+    assert_eq!(queue.batch_size(), 2);
+    let out = queue
+        .infer(vec![row(&[1.0, 2.0, 3.0]), row(&[0.5, 0.5, 0.5])])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![row(&[1.5, 2.5, 3.5])]);
+}
+
+#[tokio::test]
+async fn ort_strings_f16_and_bool() {
+    ort_ready();
+    let queue = load("string_identity", &batched(None));
+    let a = queue.infer(vec![strings(vec![2], &["héllo", ""])]);
+    let b = queue.infer(vec![strings(vec![2], &["x", "yz"])]);
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.unwrap(), vec![strings(vec![2], &["héllo", ""])]);
+    assert_eq!(b.unwrap(), vec![strings(vec![2], &["x", "yz"])]);
+
+    let queue = load("f16_cast", &batched(None));
+    assert_eq!(queue.batch_mode(), BatchMode::Fixed(2));
+    let halves: Vec<half::f16> = [1.0f32, -0.5, 8.0].iter().map(|&v| half::f16::from_f32(v)).collect();
+    let x = Tensor::from_values(vec![3], &halves).unwrap();
+    let out = queue.infer(vec![x.clone()]).await.unwrap();
+    assert_eq!(out, vec![x, row(&[1.0, -0.5, 8.0])]);
+
+    let queue = load("bool_not", &batched(None));
+    let out = queue
+        .infer(vec![Tensor::from_values(vec![2], &[true, false]).unwrap()])
+        .await
+        .unwrap();
+    assert_eq!(out[0].to_values::<bool>().unwrap(), vec![false, true]);
+}
+
+#[tokio::test]
+async fn ort_runtime_error_names_the_model_and_shapes_are_grouped() {
+    ort_ready();
+    let queue = load("add_symbolic", &batched(None));
+    let err = queue
+        .infer(vec![row(&[1.0, 2.0]), row(&[1.0, 2.0, 3.0])])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ServeError::Model(t) if t.starts_with("Predict failed, model '") && t.contains("add_symbolic.onnx")),
+        "{err:?}"
+    );
+    // different per-instance shapes run in separate batches, so both succeed
+    let a = queue.infer(vec![row(&[1.0, 2.0]), row(&[10.0, 20.0])]);
+    let b = queue.infer(vec![row(&[1.0, 2.0, 3.0]), row(&[1.0, 1.0, 1.0])]);
+    let (a, b) = tokio::join!(a, b);
+    assert_eq!(a.unwrap(), vec![row(&[11.0, 22.0])]);
+    assert_eq!(b.unwrap(), vec![row(&[2.0, 3.0, 4.0])]);
+}
+
+#[test]
+fn ort_validation_error_names_the_file() {
+    ort_ready();
+    let cfg = BatchConfig {
+        without_batch_dim_inputs: vec![0, 1],
+        ..batched(None)
+    };
+    let err = ModelQueue::load(&model_path("add_fixed"), &cfg, DeviceChoice::Cpu, None).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::Config(t) if t.contains("add_fixed.onnx")),
+        "{err:?}"
+    );
+}

@@ -1,0 +1,33 @@
+//! MindSpore's `MSService.Predict` over tonic. Errors travel in-band (status OK with `error_msg`), as the
+//! MindSpore client expects; only transport limits (message size) use gRPC status codes.
+
+use crate::codec::ms_proto;
+use crate::proto::ms::ms_service_server::{MsService, MsServiceServer};
+use crate::proto::ms::{PredictReply, PredictRequest};
+use crate::request;
+use crate::service::Service;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The tonic service; one per server, sharing the `Service`.
+pub struct MsGrpc {
+    service: Arc<Service>,
+}
+
+#[tonic::async_trait]
+impl MsService for MsGrpc {
+    async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictReply>, Status> {
+        let message = request.into_inner();
+        let spec = message.servable_spec.clone().unwrap_or_default();
+        let reply = match ms_proto::decode_request(message) {
+            Ok(decoded) => self.service.predict(decoded).await,
+            Err(err) => request::PredictReply::Failed(err),
+        };
+        Ok(Response::new(ms_proto::encode_reply(spec, &reply)))
+    }
+}
+
+/// Builds the tonic service with `max_bytes` as the send and receive message limit.
+pub fn ms_service(service: Arc<Service>, max_bytes: usize) -> MsServiceServer<MsGrpc> {
+    MsServiceServer::new(MsGrpc { service }).max_decoding_message_size(max_bytes).max_encoding_message_size(max_bytes)
+}

@@ -1,0 +1,159 @@
+//! Python values <-> `Tensor` at the bridge, while attached. Inputs become fresh writable numpy arrays (or
+//! `str` / uint8 arrays for strings and bytes, as MindSpore passes them); outputs are copied into owned
+//! `Tensor`s before the job returns, so no Python object outlives the GIL thread's job.
+
+use crate::tensor::{DType, Tensor, TensorData};
+use bytes::Bytes;
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+static FROMBUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASCONTIGUOUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static NP_GENERIC: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+
+fn numpy_fn<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyAny>>, name: &str) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || Ok(py.import("numpy")?.getattr(name)?.unbind())).map(|f| f.bind(py))
+}
+
+/// Converts a tensor into the Python value a stage function receives.
+pub fn tensor_to_py<'py>(py: Python<'py>, tensor: &Tensor) -> PyResult<Bound<'py, PyAny>> {
+    match &tensor.data {
+        TensorData::Items(items) if tensor.dtype == DType::String => {
+            let text = |b: &Bytes| PyString::new(py, &String::from_utf8_lossy(b)).into_any();
+            if items.len() == 1 {
+                Ok(text(&items[0]))
+            } else {
+                Ok(PyList::new(py, items.iter().map(text))?.into_any())
+            }
+        }
+        TensorData::Items(items) => {
+            // NOTE: MindSpore hands bytes to stages as a 1-D uint8 array (users call .tobytes()).
+            let arrays: Vec<Bound<'py, PyAny>> =
+                items.iter().map(|b| raw_to_numpy(py, b, "uint8", &[b.len() as i64])).collect::<PyResult<_>>()?;
+            if arrays.len() == 1 {
+                Ok(arrays.into_iter().next().expect("one item"))
+            } else {
+                Ok(PyList::new(py, arrays)?.into_any())
+            }
+        }
+        TensorData::Raw(raw) => raw_to_numpy(py, raw, tensor.dtype.numpy_name(), &tensor.shape),
+    }
+}
+
+/// A writable numpy array holding a copy of `raw`.
+fn raw_to_numpy<'py>(py: Python<'py>, raw: &[u8], dtype: &str, shape: &[i64]) -> PyResult<Bound<'py, PyAny>> {
+    let buffer = PyByteArray::new(py, raw);
+    let flat = numpy_fn(py, &FROMBUFFER, "frombuffer")?.call1((buffer, dtype))?;
+    flat.call_method1("reshape", (PyTuple::new(py, shape)?,))
+}
+
+/// The numpy (kind, itemsize) -> DType mapping; `None` for object, unicode, complex and datetime arrays.
+fn dtype_of(kind: u8, itemsize: usize) -> Option<DType> {
+    Some(match (kind, itemsize) {
+        (b'b', 1) => DType::Bool,
+        (b'i', 1) => DType::Int8,
+        (b'i', 2) => DType::Int16,
+        (b'i', 4) => DType::Int32,
+        (b'i', 8) => DType::Int64,
+        (b'u', 1) => DType::UInt8,
+        (b'u', 2) => DType::UInt16,
+        (b'u', 4) => DType::UInt32,
+        (b'u', 8) => DType::UInt64,
+        (b'f', 2) => DType::Float16,
+        (b'f', 4) => DType::Float32,
+        (b'f', 8) => DType::Float64,
+        _ => return None,
+    })
+}
+
+fn illegal(obj: &Bound<'_, PyAny>) -> String {
+    let type_repr = obj.get_type().repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unknown>".into());
+    format!("Get illegal result data with type {type_repr}")
+}
+
+/// Converts a numpy array into an owned tensor (copies the data; non-contiguous arrays are made contiguous).
+pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
+    let py = obj.py();
+    let contiguous = numpy_fn(py, &ASCONTIGUOUS, "ascontiguousarray")
+        .and_then(|f| f.call1((obj,)))
+        .map_err(|e| format!("cannot read numpy array: {e}"))?;
+    let array = contiguous.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
+    let descr = array.dtype();
+    let dtype = dtype_of(descr.kind(), descr.itemsize()).ok_or_else(|| {
+        format!("{}, numpy dtype '{}' is not supported", illegal(obj), descr.str().map(|s| s.to_string()).unwrap_or_default())
+    })?;
+    if descr.is_native_byteorder() == Some(false) {
+        // Big-endian input: let numpy swap it, then read again.
+        let swapped = contiguous
+            .call_method1("astype", (dtype.numpy_name(),))
+            .map_err(|e| format!("cannot convert byte order: {e}"))?;
+        return numpy_to_tensor(&swapped);
+    }
+    let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
+    let nbytes = crate::tensor::element_count(&shape).unwrap_or(0) * descr.itemsize();
+    // SAFETY: `array` is a C-contiguous, native-order numpy array that we hold a reference to (so its buffer
+    // stays alive and unmoved while attached); its data pointer addresses exactly `nbytes` bytes.
+    let raw = unsafe {
+        let data = (*array.as_array_ptr()).fields.data as *const u8;
+        if nbytes == 0 { Vec::new() } else { std::slice::from_raw_parts(data, nbytes).to_vec() }
+    };
+    Tensor::from_raw(dtype, shape, raw)
+}
+
+/// Converts a stage's output value into a tensor with MindSpore's rules: numpy arrays and scalars, objects
+/// with `.asnumpy()`, bytes, str, bool, int (int64), float (float64); anything else is an illegal result.
+pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
+    let py = obj.py();
+    if obj.is_instance_of::<PyUntypedArray>() {
+        return numpy_to_tensor(obj);
+    }
+    if obj.is_instance_of::<PyBool>() {
+        let v: bool = obj.extract().map_err(|e: PyErr| e.to_string())?;
+        return Tensor::from_values(vec![], &[v]);
+    }
+    if obj.is_instance_of::<PyInt>() {
+        let v: i64 = obj.extract().map_err(|e: PyErr| format!("int result does not fit int64: {e}"))?;
+        return Tensor::from_values(vec![], &[v]);
+    }
+    if obj.is_instance_of::<PyFloat>() {
+        let v: f64 = obj.extract().map_err(|e: PyErr| e.to_string())?;
+        return Tensor::from_values(vec![], &[v]);
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Tensor::scalar_string(s.to_str().map_err(|e| e.to_string())?));
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Tensor::scalar_bytes(Bytes::copy_from_slice(b.as_bytes())));
+    }
+    let generic = NP_GENERIC.import(py, "numpy", "generic").map_err(|e| e.to_string())?;
+    if obj.is_instance(generic).unwrap_or(false) {
+        let array = numpy_fn(py, &ASCONTIGUOUS, "ascontiguousarray")
+            .and_then(|f| f.call1((obj,)))
+            .and_then(|a| a.call_method1("reshape", (PyTuple::empty(py),)))
+            .map_err(|e| e.to_string())?;
+        return numpy_to_tensor(&array);
+    }
+    if obj.hasattr("asnumpy").unwrap_or(false) {
+        let array = obj.call_method0("asnumpy").map_err(|e| format!("asnumpy() failed: {e}"))?;
+        if array.is_instance_of::<PyUntypedArray>() {
+            return numpy_to_tensor(&array);
+        }
+    }
+    Err(illegal(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numpy_kind_mapping() {
+        assert_eq!(dtype_of(b'f', 2), Some(DType::Float16));
+        assert_eq!(dtype_of(b'b', 1), Some(DType::Bool));
+        assert_eq!(dtype_of(b'u', 8), Some(DType::UInt64));
+        assert_eq!(dtype_of(b'c', 8), None);
+        assert_eq!(dtype_of(b'O', 8), None);
+    }
+}

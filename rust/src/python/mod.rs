@@ -1,0 +1,16 @@
+//! The Python bridge: the only place (with lib.rs) that touches pyo3. The GIL thread (`executor`), value
+//! conversion (`convert`), stage calling conventions (`stages`), spec dicts -> Rust spec (`spec`) and the
+//! `#[pyclass]` types Python sees (`classes`).
+
+pub mod classes;
+pub mod convert;
+pub mod executor;
+pub mod spec;
+pub mod stages;
+
+use pyo3::create_exception;
+
+create_exception!(_rustserve, RustServeError, pyo3::exceptions::PyException, "Base class of every rustserve error.");
+create_exception!(_rustserve, ServableStartError, RustServeError, "A servable failed to load or validate.");
+create_exception!(_rustserve, ServerStartError, RustServeError, "A gRPC or REST listener could not start.");
+create_exception!(_rustserve, ModelCallError, RustServeError, "Model.call from a Python stage failed.");

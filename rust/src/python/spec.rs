@@ -1,0 +1,79 @@
+//! Spec dicts from python/rustserve/server/_spec.py -> `servable::spec` structs. Function objects go into the
+//! executor's table here; everything else is plain data. Missing keys or wrong types are reported with the
+//! key's path, since they mean the Python loader and this file disagree.
+
+use super::executor::PyExecutor;
+use crate::servable::spec::{DeviceKind, MethodSpec, ModelSpec, ServableSpec, Source, StageKind, StageSpec};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+fn item<'py, T: FromPyObjectOwned<'py>>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    let value = dict
+        .get_item(key)?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("servable spec: missing key '{key}'")))?;
+    value.extract::<T>().map_err(|e| {
+        let e: PyErr = e.into();
+        pyo3::exceptions::PyTypeError::new_err(format!("servable spec: key '{key}' has the wrong type: {e}"))
+    })
+}
+
+fn dicts<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let list: Bound<'py, PyList> = item(dict, key)?;
+    list.iter().map(|d| d.cast_into::<PyDict>().map_err(PyErr::from)).collect()
+}
+
+fn sources(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Vec<Source>> {
+    dicts(dict, key)?.iter().map(|d| Ok(Source { stage: item(d, "stage")?, index: item(d, "index")? })).collect()
+}
+
+fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
+    let device_type: String = item(dict, "device_type")?;
+    let device = match device_type.as_str() {
+        "cpu" => DeviceKind::Cpu,
+        "gpu" => DeviceKind::Gpu(item(dict, "device_ids")?),
+        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown device_type '{other}'"))),
+    };
+    Ok(ModelSpec {
+        key: item(dict, "key")?,
+        files: item::<Vec<String>>(dict, "files")?.into_iter().map(Into::into).collect(),
+        with_batch_dim: item(dict, "with_batch_dim")?,
+        without_batch_dim_inputs: item(dict, "without_batch_dim_inputs")?,
+        max_batch_size: item(dict, "max_batch_size")?,
+        device,
+        intra_op_threads: item(dict, "intra_op_threads")?,
+    })
+}
+
+fn stage(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<StageSpec> {
+    let kind: String = item(dict, "kind")?;
+    let kind = match kind.as_str() {
+        "model" => StageKind::Model { model: item(dict, "model")?, subgraph: item(dict, "subgraph")? },
+        "function" => StageKind::Function {
+            function: executor.add_function(item(dict, "function")?),
+            name: item(dict, "name")?,
+            batch_size: item(dict, "batch_size")?,
+        },
+        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown stage kind '{other}'"))),
+    };
+    Ok(StageSpec { kind, inputs: sources(dict, "inputs")?, outputs_count: item(dict, "outputs_count")?, tag: item(dict, "tag")? })
+}
+
+fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpec> {
+    Ok(MethodSpec {
+        name: item(dict, "name")?,
+        inputs: item(dict, "inputs")?,
+        output_names: item(dict, "output_names")?,
+        outputs: sources(dict, "outputs")?,
+        stages: dicts(dict, "stages")?.iter().map(|s| stage(s, executor)).collect::<PyResult<_>>()?,
+    })
+}
+
+/// Converts one `ServableSpec` dict, registering its stage functions with `executor`.
+pub fn servable(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<ServableSpec> {
+    Ok(ServableSpec {
+        name: item(dict, "name")?,
+        version: item(dict, "version")?,
+        models: dicts(dict, "models")?.iter().map(model).collect::<PyResult<_>>()?,
+        methods: dicts(dict, "methods")?.iter().map(|m| method(m, executor)).collect::<PyResult<_>>()?,
+    })
+}

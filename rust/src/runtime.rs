@@ -1,0 +1,142 @@
+//! The server's tokio runtime and listeners: binds gRPC and REST, runs them until `stop`, then drains.
+//! Owned by a `Server`, never global; the Python side calls `stop` from signal handlers and `atexit`.
+
+use crate::error::ServeError;
+use crate::ingress;
+use crate::service::Service;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long `stop` waits for requests in flight before dropping them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which listener, for error texts and bookkeeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Grpc,
+    Rest,
+}
+
+/// A running tokio runtime plus the listener tasks on it.
+pub struct ServerRuntime {
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<(Listener, JoinHandle<()>)>>,
+}
+
+impl ServerRuntime {
+    /// Starts the runtime; `worker_threads` 0 means one per core, at most 4 (I/O and codecs only: models and
+    /// Python run on their own threads).
+    pub fn new(worker_threads: usize) -> std::io::Result<ServerRuntime> {
+        let threads = if worker_threads == 0 {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(4)
+        } else {
+            worker_threads
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("rustserve-io")
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok(ServerRuntime { runtime: Mutex::new(Some(runtime)), handle, stop: watch::channel(false).0, tasks: Mutex::default() })
+    }
+
+    /// The runtime's handle (model batchers and `Model.call` use it).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn is_running(&self, which: Listener) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tasks.iter().any(|(l, task)| *l == which && !task.is_finished())
+    }
+
+    fn stop_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    fn bind(&self, address: &str, which: Listener) -> Result<tokio::net::TcpListener, ServeError> {
+        let addr: SocketAddr = address.parse().map_err(|_| {
+            ServeError::Config(match which {
+                Listener::Grpc => format!("Serving Error: The format of the Serving gRPC address '{address}' is illegal"),
+                Listener::Rest => format!("Serving Error: RESTful server address '{address}' is illegal"),
+            })
+        })?;
+        let listener = self.handle.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| {
+            ServeError::Config(match which {
+                Listener::Grpc => format!("Serving Error: Serving gRPC server start failed, create server failed, address {address}: {e}"),
+                Listener::Rest => format!("Serving Error: RESTful server start failed, bind to the socket address {address} failed: {e}"),
+            })
+        })?;
+        if addr.ip().is_unspecified() {
+            tracing::warn!("{which:?} server bound to all interfaces ({address}): reachable from other hosts");
+        }
+        Ok(listener)
+    }
+
+    /// Binds `address` and serves MindSpore gRPC on it; returns the bound port.
+    pub fn start_grpc(&self, service: std::sync::Arc<Service>, address: &str, max_bytes: usize) -> Result<u16, ServeError> {
+        if self.is_running(Listener::Grpc) {
+            return Err(ServeError::Config("Serving Error: Serving gRPC server is already running".into()));
+        }
+        let listener = self.bind(address, Listener::Grpc)?;
+        let port = listener.local_addr().map_err(|e| ServeError::Internal(e.to_string()))?.port();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = tonic::transport::Server::builder().add_service(ingress::grpc::ms_service(service, max_bytes));
+        let stop = self.stop_signal();
+        let task = self.handle.spawn(async move {
+            if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                tracing::error!("gRPC server failed: {err}");
+            }
+        });
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Listener::Grpc, task));
+        Ok(port)
+    }
+
+    /// Binds `address` and serves MindSpore REST on it; returns the bound port.
+    pub fn start_rest(&self, service: std::sync::Arc<Service>, address: &str, max_bytes: usize) -> Result<u16, ServeError> {
+        use axum::serve::ListenerExt;
+        if self.is_running(Listener::Rest) {
+            return Err(ServeError::Config("Serving Error: RESTful server is already running".into()));
+        }
+        let listener = self.bind(address, Listener::Rest)?;
+        let port = listener.local_addr().map_err(|e| ServeError::Internal(e.to_string()))?.port();
+        let app = ingress::http::router(service, max_bytes);
+        let stop = self.stop_signal();
+        let task = self.handle.spawn(async move {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!("REST server failed: {err}");
+            }
+        });
+        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Listener::Rest, task));
+        Ok(port)
+    }
+
+    /// Stops accepting, waits up to `DRAIN_TIMEOUT` for requests in flight, then shuts the runtime down.
+    /// Blocking; idempotent.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
+        let Some(runtime) = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+            return;
+        };
+        runtime.block_on(async {
+            let all = futures::future::join_all(tasks.into_iter().map(|(_, t)| t));
+            if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
+                tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+            }
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}

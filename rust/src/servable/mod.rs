@@ -1,0 +1,27 @@
+//! Servables: the spec recorded from servable_config.py (`spec`), turning it into loaded models and
+//! method plans (`loader`), and the name -> version table requests are routed through (`registry`).
+
+pub mod loader;
+pub mod registry;
+pub mod spec;
+
+use crate::pipeline::{MethodPlan, ModelSet};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One loaded servable version: its models and its methods, ready to serve.
+pub struct ServableVersion {
+    pub name: String,
+    pub version: u64,
+    pub models: Arc<ModelSet>,
+    pub methods: HashMap<String, Arc<MethodPlan>>,
+}
+
+impl ServableVersion {
+    /// Method names, sorted.
+    pub fn method_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.methods.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}

@@ -1,0 +1,69 @@
+//! name -> version -> loaded servable. Version 0 in a request means the newest loaded version; versions are
+//! added at start-up (and later swapped in by repository calls) without blocking requests in flight.
+
+use super::ServableVersion;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// The table every request is routed through.
+#[derive(Default)]
+pub struct Registry {
+    servables: RwLock<HashMap<String, BTreeMap<u64, Arc<ServableVersion>>>>,
+}
+
+impl Registry {
+    /// Adds or replaces a servable version.
+    pub fn insert(&self, servable: ServableVersion) {
+        let mut table = self.servables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.entry(servable.name.clone()).or_default().insert(servable.version, Arc::new(servable));
+    }
+
+    /// The requested version, or the newest one for version 0.
+    pub fn get(&self, name: &str, version: u64) -> Option<Arc<ServableVersion>> {
+        let table = self.servables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let versions = table.get(name)?;
+        if version == 0 { versions.values().next_back().cloned() } else { versions.get(&version).cloned() }
+    }
+
+    /// Every loaded version, sorted by name then version.
+    pub fn all(&self) -> Vec<Arc<ServableVersion>> {
+        let table = self.servables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<Arc<ServableVersion>> = table.values().flat_map(|v| v.values().cloned()).collect();
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        out
+    }
+
+    /// True when `(name, version)` is loaded.
+    pub fn contains(&self, name: &str, version: u64) -> bool {
+        let table = self.servables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.get(name).is_some_and(|v| v.contains_key(&version))
+    }
+
+    /// Drops every servable (their model threads stop when the last request holding them ends).
+    pub fn clear(&self) {
+        self.servables.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ModelSet;
+
+    fn version(name: &str, version: u64) -> ServableVersion {
+        ServableVersion { name: name.into(), version, models: Arc::new(ModelSet::default()), methods: HashMap::new() }
+    }
+
+    #[test]
+    fn version_zero_is_newest() {
+        let registry = Registry::default();
+        registry.insert(version("add", 2));
+        registry.insert(version("add", 10));
+        registry.insert(version("add", 1));
+        assert_eq!(registry.get("add", 0).unwrap().version, 10);
+        assert_eq!(registry.get("add", 2).unwrap().version, 2);
+        assert!(registry.get("add", 3).is_none());
+        assert!(registry.get("nope", 0).is_none());
+        assert_eq!(registry.all().len(), 3);
+    }
+}
