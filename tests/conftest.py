@@ -3,7 +3,7 @@
 The tree (built once per session by `build_servable_tree`) holds these servables:
 
 * `add` (versions 1 and 2, `with_batch_dim=False`, [2,2] float32): `add_common` (model only) and `add_cast` (int
-  inputs cast to float32, model, cast back to int32). Version 1 computes x1 + x2, version 2 x1 + x2 + 100.
+  inputs cast to float32, model, cast back to the dtype of x1). Version 1 computes x1 + x2, version 2 x1 + x2 + 100.
 * `batching`: `add_fixed` (add model, fixed batch 4, width 3), `add_dynamic` (symbolic batch, `max_batch_size=3`),
   `matmul` (`with_batch_dim=False`, [2,3] @ [3,2]), `bias_add` (x [4,3] batched + bias [3] unbatched).
 * `pipeline` (models `double` y = 2x, fixed batch 2, and `plus_one` z = y + 1, symbolic batch; width 3):
@@ -86,8 +86,8 @@ def add_trans_datatype(x1, x2):
     return x1.astype(np.float32), x2.astype(np.float32)
 
 
-def add_trans_back(y):
-    return y.astype(np.int32)
+def cast_like(y, like):
+    return y.astype(like.dtype)
 
 
 @register.register_method(output_names=["y"])
@@ -98,9 +98,9 @@ def add_common(x1, x2):
 
 @register.register_method(output_names=["y"])
 def add_cast(x1, x2):
-    x1, x2 = register.add_stage(add_trans_datatype, x1, x2, outputs_count=2)
-    y = register.add_stage(model, x1, x2, outputs_count=1)
-    y = register.add_stage(add_trans_back, y, outputs_count=1)
+    f1, f2 = register.add_stage(add_trans_datatype, x1, x2, outputs_count=2)
+    y = register.add_stage(model, f1, f2, outputs_count=1)
+    y = register.add_stage(cast_like, y, x1, outputs_count=1)
     return y
 '''
 

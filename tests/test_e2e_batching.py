@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import Grpc, Rest
 
 FIXED_BATCH = 4  # batching.add_fixed: dim 0 of its model
@@ -59,9 +58,7 @@ def test_fixed_batch_padding_client(make_client: Callable[..., Any], count: int)
 def test_fixed_batch_rest(rest: Rest) -> None:
     """REST float lists (float32) through the padded model."""
     instances = add_instances(FIXED_BATCH + 1, seed=7)
-    body = rest.predict(
-        "batching", "add_fixed", [{k: v.tolist() for k, v in inst.items()} for inst in instances]
-    )
+    body = rest.predict("batching", "add_fixed", [{k: v.tolist() for k, v in inst.items()} for inst in instances])
     assert len(body["instances"]) == len(instances)
     for out, inst in zip(body["instances"], instances, strict=True):
         np.testing.assert_array_equal(np.array(out["y"], dtype=np.float32), inst["x1"] + inst["x2"])

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import DTYPE_NAMES, MS_BYTES, MS_STRING, NP_TO_MS, Grpc, Rest
 
 # REST b64 type names (compat section 10) and the numpy dtype each one means.

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import (
     MS_STRING,
     DeadlineClient,
@@ -77,7 +76,9 @@ def test_missing_input(grpc: Grpc, make_client: Callable[..., Any], rest: Rest) 
 def test_missing_input_in_one_instance_fails_the_request(grpc: Grpc) -> None:
     """One instance without x2 fails the whole request, not just that instance."""
     reply = grpc.predict("add", "add_common", [GOOD, {"x1": X1}, GOOD])
-    grpc.assert_failed(reply, INVALID_INPUTS, "Cannot find input x2 in instance input , servable add, method add_common")
+    grpc.assert_failed(
+        reply, INVALID_INPUTS, "Cannot find input x2 in instance input , servable add, method add_common"
+    )
 
 
 def test_extra_inputs_are_ignored(grpc: Grpc, rest: Rest) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import Grpc, Rest
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import MS_BYTES, MS_STRING, NP_TO_MS, Grpc, Rest, assert_client_error, assert_error, assert_rest_error
 
 SYSTEM_ERROR = 3
@@ -148,9 +147,7 @@ def test_raising_stage_rest(rest: Rest) -> None:
     ],
     ids=["none", "wrong-output-count", "too-few-instances"],
 )
-def test_garbage_result_fails_request_and_server_keeps_serving(
-    grpc: Grpc, method: str, func: str, detail: str
-) -> None:
+def test_garbage_result_fails_request_and_server_keeps_serving(grpc: Grpc, method: str, func: str, detail: str) -> None:
     """A stage breaking its contract fails the request (never a hang, never a dead server); the next one works."""
     for _ in range(2):
         reply = grpc.predict("pystages", method, floats(1, 2))
@@ -241,4 +238,3 @@ def test_client_values_as_seen_by_a_stage(make_client: Callable[..., Any], value
 def test_rest_values_as_seen_by_a_stage(rest: Rest, value: Any, kind: str) -> None:
     """REST JSON ints are int32, floats float32, scalars shape []; nested lists keep their shape."""
     assert rest.predict("pystages", "describe_input", [{"x": value}]) == {"instances": [{"kind": kind}]}
-

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import Grpc, Rest, assert_client_error, assert_rest_error
 
 X1 = np.array([[1, 2], [3, 4]], dtype=np.float32)

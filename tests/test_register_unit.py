@@ -35,15 +35,15 @@ def _raises(match: str) -> Any:
     return pytest.raises(RuntimeError, match="^" + re.escape(match) + "$")
 
 
-def preprocess(x1, x2):  # noqa: ANN001, ANN201 - stage functions as a user writes them
+def preprocess(x1, x2):
     return x1, x2
 
 
-def postprocess(y):  # noqa: ANN001, ANN201
+def postprocess(y):
     return y
 
 
-def batch_fn(instances):  # noqa: ANN001, ANN201
+def batch_fn(instances):
     return [instance[0] for instance in instances]
 
 
@@ -76,7 +76,7 @@ def test_full_method_graph(reg: register._Registry) -> None:
     model = _model(with_batch_dim=False)
 
     @register.register_method(output_names=["y", "x1_out"])
-    def add_cast(x1, x2):  # noqa: ANN001, ANN202
+    def add_cast(x1, x2):
         a, b = register.add_stage(preprocess, x1, x2, outputs_count=2)
         y = register.add_stage(model, a, b, outputs_count=1, tag="Add")
         y = register.add_stage(postprocess, y, outputs_count=1)
@@ -133,7 +133,7 @@ def test_full_method_graph(reg: register._Registry) -> None:
 
 def test_method_without_stages_and_str_output_names(reg: register._Registry) -> None:
     @register.register_method(output_names="y")
-    def echo(x):  # noqa: ANN001, ANN202
+    def echo(x):
         return x
 
     assert reg.methods == [
@@ -142,7 +142,7 @@ def test_method_without_stages_and_str_output_names(reg: register._Registry) -> 
 
 
 def test_register_method_returns_the_function(reg: register._Registry) -> None:
-    def echo(x):  # noqa: ANN001, ANN202
+    def echo(x):
         return x
 
     assert register.register_method(["y"])(echo) is echo
@@ -152,7 +152,7 @@ def test_model_stage_default_tag_and_batch_size_kept(reg: register._Registry) ->
     model = _model(["a.onnx", "b.onnx"])
 
     @register.register_method(output_names=["y"])
-    def predict(x):  # noqa: ANN001, ANN202
+    def predict(x):
         y = register.add_stage(model, x, outputs_count=1)
         return register.add_stage(batch_fn, y, outputs_count=1, batch_size=8)
 
@@ -163,7 +163,7 @@ def test_model_stage_default_tag_and_batch_size_kept(reg: register._Registry) ->
 
 def test_argmax_cpp_builtin(reg: register._Registry) -> None:
     @register.register_method(output_names=["label"])
-    def classify(x):  # noqa: ANN001, ANN202
+    def classify(x):
         return register.add_stage("argmax_cpp", x, outputs_count=1)
 
     stage = reg.methods[0]["stages"][0]
@@ -174,21 +174,23 @@ def test_argmax_cpp_builtin(reg: register._Registry) -> None:
 
 
 def test_argmax_cpp_counts_checked(reg: register._Registry) -> None:
-    def two(x1, x2):  # noqa: ANN001, ANN202
+    def two(x1, x2):
         return register.add_stage("argmax_cpp", x1, x2, outputs_count=1)
 
     with _raises("Stage function 'argmax_cpp' inputs count 2 not match last registered count 1, method name 'two'"):
         register.register_method("y")(two)
 
-    def many_out(x):  # noqa: ANN001, ANN202
+    def many_out(x):
         return register.add_stage("argmax_cpp", x, outputs_count=2)
 
-    with _raises("Stage function 'argmax_cpp' outputs count 2 not match last registered count 1, method name 'many_out'"):
+    with _raises(
+        "Stage function 'argmax_cpp' outputs count 2 not match last registered count 1, method name 'many_out'"
+    ):
         register.register_method(["a", "b"])(many_out)
 
 
 def test_unknown_cpp_stage(reg: register._Registry) -> None:
-    def m(x):  # noqa: ANN001, ANN202
+    def m(x):
         return register.add_stage("resize_cpp", x, outputs_count=1)
 
     with pytest.raises(RuntimeError, match="^Check failed in method 'm', C\\+\\+ stage function 'resize_cpp' is not"):
@@ -199,7 +201,7 @@ def test_multiple_outputs_are_a_tuple(reg: register._Registry) -> None:
     seen: list[Any] = []
 
     @register.register_method(output_names=["a", "b", "c"])
-    def m(x):  # noqa: ANN001, ANN202
+    def m(x):
         outputs = register.add_stage(batch_fn, x, outputs_count=3, batch_size=1)
         seen.append(outputs)
         return outputs
@@ -249,7 +251,10 @@ def test_declare_servable_alias_and_options(reg: register._Registry) -> None:
         ({"model_file": ["a", 1]}, "The item of parameter 'model_file' should be str, but actually <class 'int'>"),
         ({"model_file": ["a", ""]}, "The item of parameter 'model_file' should not be empty str"),
         ({"model_file": ["a", "a"]}, "The item value 'a' in parameter 'model_file' should not be repeated"),
-        ({"without_batch_dim_inputs": -1}, "The item value '-1' in parameter 'without_batch_dim_inputs' should be >= 0"),
+        (
+            {"without_batch_dim_inputs": -1},
+            "The item value '-1' in parameter 'without_batch_dim_inputs' should be >= 0",
+        ),
         (
             {"without_batch_dim_inputs": "0"},
             "Parameter 'without_batch_dim_inputs' should be int or tuple/list of int, but actually <class 'str'>",
@@ -271,9 +276,9 @@ def test_declare_model_errors(reg: register._Registry, kwargs: dict[str, Any], t
 
 def test_declare_model_twice(reg: register._Registry) -> None:
     _model(["a.onnx", "b.onnx"])
-    with _raises("Declare model ['c.onnx', 'b.onnx'] failed, model file 'b.onnx' has already been used"):
+    with _raises("Declare model c.onnx;b.onnx failed, model file 'b.onnx' has already been used"):
         _model(["c.onnx", "b.onnx"])
-    with _raises("Declare model ['a.onnx'] failed, model file 'a.onnx' has already been used"):
+    with _raises("Declare model a.onnx failed, model file 'a.onnx' has already been used"):
         _model("a.onnx")
     assert len(reg.models) == 1
 
@@ -320,7 +325,7 @@ def _register(body: Any, output_names: Any = "y") -> None:
 
 
 def test_add_stage_args_must_be_placeholders(reg: register._Registry) -> None:
-    def m(x):  # noqa: ANN001, ANN202
+    def m(x):
         return register.add_stage(postprocess, 1, outputs_count=1)
 
     with _raises(
@@ -331,11 +336,11 @@ def test_add_stage_args_must_be_placeholders(reg: register._Registry) -> None:
 
     leaked: list[Any] = []
 
-    def first(x):  # noqa: ANN001, ANN202
+    def first(x):
         leaked.append(x)
         return x
 
-    def second(x):  # noqa: ANN001, ANN202
+    def second(x):
         return register.add_stage(postprocess, leaked[0], outputs_count=1)
 
     _register(first)
@@ -344,7 +349,7 @@ def test_add_stage_args_must_be_placeholders(reg: register._Registry) -> None:
 
 
 def test_add_stage_bad_stage_and_tag(reg: register._Registry) -> None:
-    def bad_stage(x):  # noqa: ANN001, ANN202
+    def bad_stage(x):
         return register.add_stage(print, x, outputs_count=1)
 
     with _raises(
@@ -353,7 +358,7 @@ def test_add_stage_bad_stage_and_tag(reg: register._Registry) -> None:
     ):
         _register(bad_stage)
 
-    def foreign_model(x):  # noqa: ANN001, ANN202
+    def foreign_model(x):
         return register.add_stage(register.Model("other.onnx"), x, outputs_count=1)
 
     with pytest.raises(
@@ -363,13 +368,13 @@ def test_add_stage_bad_stage_and_tag(reg: register._Registry) -> None:
     ):
         _register(foreign_model)
 
-    def empty_tag(x):  # noqa: ANN001, ANN202
+    def empty_tag(x):
         return register.add_stage(postprocess, x, outputs_count=1, tag="")
 
     with _raises("Parameter 'tag' should not be empty str"):
         _register(empty_tag)
 
-    def zero_outputs(x):  # noqa: ANN001, ANN202
+    def zero_outputs(x):
         return register.add_stage(postprocess, x, outputs_count=0)
 
     with _raises("Parameter 'outputs_count' should be >= 1"):
@@ -385,7 +390,7 @@ def test_add_stage_bad_stage_and_tag(reg: register._Registry) -> None:
     ],
 )
 def test_add_stage_batch_size_checked(reg: register._Registry, batch_size: Any, text: str) -> None:
-    def m(x):  # noqa: ANN001, ANN202
+    def m(x):
         return register.add_stage(batch_fn, x, outputs_count=1, batch_size=batch_size)
 
     with _raises(text):
@@ -393,7 +398,7 @@ def test_add_stage_batch_size_checked(reg: register._Registry, batch_size: Any, 
 
 
 def test_per_instance_arity_checked(reg: register._Registry) -> None:
-    def m(x):  # noqa: ANN001, ANN202
+    def m(x):
         return register.add_stage(preprocess, x, outputs_count=1)
 
     with _raises("function preprocess input args count 2 not match the count 1 registered in method"):
@@ -403,13 +408,13 @@ def test_per_instance_arity_checked(reg: register._Registry) -> None:
 def test_model_io_counts_consistent(reg: register._Registry) -> None:
     model = _model()
 
-    def first(x1, x2):  # noqa: ANN001, ANN202
+    def first(x1, x2):
         return register.add_stage(model, x1, x2, outputs_count=1)
 
-    def fewer_inputs(x1, x2):  # noqa: ANN001, ANN202
+    def fewer_inputs(x1, x2):
         return register.add_stage(model, x1, outputs_count=1)
 
-    def more_outputs(x1, x2):  # noqa: ANN001, ANN202
+    def more_outputs(x1, x2):
         return register.add_stage(model, x1, x2, outputs_count=2)
 
     _register(first)
@@ -420,13 +425,13 @@ def test_model_io_counts_consistent(reg: register._Registry) -> None:
 
 
 def test_function_identity_consistent_across_methods(reg: register._Registry) -> None:
-    def one(x):  # noqa: ANN001, ANN202
+    def one(x):
         return register.add_stage(batch_fn, x, outputs_count=1, batch_size=2)
 
-    def two_inputs(x1, x2):  # noqa: ANN001, ANN202
+    def two_inputs(x1, x2):
         return register.add_stage(batch_fn, x1, x2, outputs_count=1, batch_size=2)
 
-    def two_outputs(x):  # noqa: ANN001, ANN202
+    def two_outputs(x):
         return register.add_stage(batch_fn, x, outputs_count=2, batch_size=2)
 
     _register(one)
@@ -441,10 +446,10 @@ def test_function_identity_consistent_across_methods(reg: register._Registry) ->
 
 
 def test_batch_size_enabled_consistently(reg: register._Registry) -> None:
-    def batched(x):  # noqa: ANN001, ANN202
+    def batched(x):
         return register.add_stage(postprocess, x, outputs_count=1, batch_size=4)
 
-    def per_instance(x):  # noqa: ANN001, ANN202
+    def per_instance(x):
         return register.add_stage(postprocess, x, outputs_count=1)
 
     _register(batched)
@@ -461,13 +466,13 @@ def test_batch_size_enabled_consistently(reg: register._Registry) -> None:
 
 
 def test_register_method_parameter_kinds(reg: register._Registry) -> None:
-    def var_positional(x1, *x2):  # noqa: ANN001, ANN002, ANN202
+    def var_positional(x1, *x2):
         return x1
 
-    def var_keyword(x1, **x2):  # noqa: ANN001, ANN003, ANN202
+    def var_keyword(x1, **x2):
         return x1
 
-    def keyword_only(x1, *, x2):  # noqa: ANN001, ANN202
+    def keyword_only(x1, *, x2):
         return x1
 
     with _raises("'var_positional' input x2 cannot be VAR_POSITIONAL !"):
@@ -481,17 +486,16 @@ def test_register_method_parameter_kinds(reg: register._Registry) -> None:
 
 def test_register_method_return_checks(reg: register._Registry) -> None:
     placeholder_text = (
-        "Each value returned is a placeholder for data and must come from the method inputs or the outputs of "
-        "add_stage"
+        "Each value returned is a placeholder for data and must come from the method inputs or the outputs of add_stage"
     )
 
-    def returns_value(x):  # noqa: ANN001, ANN202
+    def returns_value(x):
         return 1
 
-    def returns_mixed(x):  # noqa: ANN001, ANN202
+    def returns_mixed(x):
         return x, None
 
-    def returns_two(x1, x2):  # noqa: ANN001, ANN202
+    def returns_two(x1, x2):
         return x1, x2
 
     with _raises(placeholder_text):
@@ -511,7 +515,7 @@ def test_register_method_output_names_checked(reg: register._Registry) -> None:
 
 
 def test_duplicate_method(reg: register._Registry) -> None:
-    def echo(x):  # noqa: ANN001, ANN202
+    def echo(x):
         return x
 
     _register(echo)
@@ -521,7 +525,7 @@ def test_duplicate_method(reg: register._Registry) -> None:
 
 
 def test_exception_in_body_leaves_no_trace(reg: register._Registry) -> None:
-    def broken(x):  # noqa: ANN001, ANN202
+    def broken(x):
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):

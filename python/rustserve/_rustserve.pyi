@@ -5,7 +5,7 @@ from typing import Any
 
 __version__: str
 
-class RustServeError(Exception):
+class RustServeError(RuntimeError):
     """Base class of every error raised by rustserve's native core."""
 
 class ServableStartError(RustServeError):

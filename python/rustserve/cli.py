@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         "--device-ids", type=_device_ids, default=[], metavar="IDS", help="CUDA device ids for gpu, e.g. 0,1"
     )
     start.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVEL",
+        help="log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it (default info)",
+    )
+    start.add_argument(
         "--max-msg-mb-size", type=int, default=100, metavar="MB", help="largest message in MB (default 100)"
     )
     return parser
@@ -68,7 +75,9 @@ def _start(args: argparse.Namespace) -> int:
     from rustserve.server import _loader
 
     directory = os.path.abspath(args.dir)
+    started = time.monotonic()
     try:
+        server._native().init_logging(args.log_level)
         names = args.servable or _loader.discover_servables(directory)
         if not names:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
@@ -93,7 +102,8 @@ def _start(args: argparse.Namespace) -> int:
 
     versions = ", ".join(f"{spec['name']} v{spec['version']}" for spec in specs)
     print(
-        f"rustserve: serving {len(specs)} servable version(s) ({versions}) on {', '.join(listeners) or 'no listener'}",
+        f"rustserve: serving {len(specs)} servable version(s) ({versions}) on {', '.join(listeners) or 'no listener'}"
+        f" in {time.monotonic() - started:.2f} s",
         flush=True,
     )
     try:

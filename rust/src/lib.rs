@@ -1,9 +1,34 @@
-//! rustserve's native core (temporary minimal module list while the batcher lands).
+//! rustserve's native core: a MindSpore-Serving-compatible model server on tokio, tonic, axum and ONNX Runtime.
+//! This file only wires modules together and defines the Python module `rustserve._rustserve`.
 
 pub mod batching;
 pub mod codec;
 pub mod error;
+pub mod ingress;
 pub mod model;
+pub mod pipeline;
 pub mod proto;
+pub mod python;
 pub mod request;
+pub mod runtime;
+pub mod servable;
+pub mod service;
 pub mod tensor;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<python::classes::PyServer>()?;
+    m.add_function(wrap_pyfunction!(python::classes::init_onnxruntime, m)?)?;
+    m.add_function(wrap_pyfunction!(python::classes::onnx_signature, m)?)?;
+    m.add_function(wrap_pyfunction!(python::classes::init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
+    m.add("RustServeError", py.get_type::<python::RustServeError>())?;
+    m.add("ServableStartError", py.get_type::<python::ServableStartError>())?;
+    m.add("ServerStartError", py.get_type::<python::ServerStartError>())?;
+    m.add("ModelCallError", py.get_type::<python::ModelCallError>())?;
+    Ok(())
+}

@@ -288,7 +288,9 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def _get_server() -> Any:
     with _state.lock:
         if _state.server is None:
-            _state.server = _native().Server()
+            native = _native()
+            native.init_logging("warn")  # a no-op when the CLI already chose a level
+            _state.server = native.Server()
         return _state.server
 
 

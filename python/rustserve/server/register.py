@@ -588,9 +588,9 @@ def declare_model(
     used_files = {name for declared in registry.models for name in declared.files}
     for name in files:
         if name in used_files:
-            raise RuntimeError(f"Declare model {list(files)} failed, model file '{name}' has already been used")
+            raise RuntimeError(f"Declare model {model_key} failed, model file '{name}' has already been used")
     if any(declared.model.model_key == model_key for declared in registry.models):
-        raise RuntimeError(f"Declare model {list(files)} failed, the same model has already been declared")
+        raise RuntimeError(f"Declare model {model_key} failed, the same model has already been declared")
 
     model = Model(model_key)
     registry.models.append(

@@ -90,7 +90,7 @@ impl ModelQueue {
     /// `ServeError::Config` with MindSpore's texts, naming the file.
     pub fn load(
         path: &Path,
-        cfg: &BatchConfig,
+        cfg: BatchConfig,
         device: DeviceChoice,
         intra_op_threads: Option<usize>,
     ) -> Result<ModelQueue, ServeError> {
@@ -103,10 +103,10 @@ impl ModelQueue {
     pub fn new(
         model: &str,
         signature: ModelSignature,
-        cfg: &BatchConfig,
+        cfg: BatchConfig,
         runner: Box<dyn BatchRunner>,
     ) -> Result<ModelQueue, ServeError> {
-        let plan = Arc::new(BatchPlan::new(&signature, cfg, model)?);
+        let plan = Arc::new(BatchPlan::new(&signature, &cfg, model)?);
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
         let worker = BatchThread {
@@ -186,7 +186,8 @@ impl ModelQueue {
     }
 
     /// Stops the batch thread after it has run everything queued so far, and waits for it. Later calls to
-    /// `infer` fail with `ServeError::Unavailable`. Idempotent; also run on drop.
+    /// `infer` fail with `ServeError::Unavailable`. Idempotent; also run on drop, so dropping the last handle
+    /// blocks until the queued instances have run (call it from a blocking context when much may be queued).
     pub fn shutdown(&self) {
         let handle = self
             .thread

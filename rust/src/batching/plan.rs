@@ -77,13 +77,6 @@ impl BatchPlan {
         if cfg.max_batch_size == Some(0) {
             return Err(fail("max_batch_size must be at least 1".to_owned()));
         }
-        let static_elements = |shape: &[i64]| {
-            if shape.iter().all(|&d| d >= 0) {
-                element_count(shape)
-            } else {
-                None
-            }
-        };
         if !cfg.with_batch_dim {
             let slots = sig
                 .inputs
@@ -110,44 +103,7 @@ impl BatchPlan {
                 cfg.without_batch_dim_inputs
             )));
         }
-        // MindSpore's load-time rules: every batched input and every output has a dim 0, and all static ones agree.
-        let mut batch: Option<i64> = None;
-        let mut check_dim0 = |kind: &str, i: usize, shape: &[i64]| -> Result<(), ServeError> {
-            let Some(&dim0) = shape.first() else {
-                return Err(fail(if kind == "input" {
-                    format!(
-                        "The shape of model input {i} cannot be empty, when with_batch_dim is true and \
-                         without_batch_dim_inputs is {:?}",
-                        cfg.without_batch_dim_inputs
-                    )
-                } else {
-                    format!("The shape of model output {i} cannot be empty, when with_batch_dim is true")
-                }));
-            };
-            if dim0 == 0 || dim0 < -1 {
-                return Err(fail(format!(
-                    "The shape of model {kind} {i} is invalid, shape: {shape:?}"
-                )));
-            }
-            if dim0 > 0 {
-                match batch {
-                    None => batch = Some(dim0),
-                    Some(b) if b != dim0 => {
-                        return Err(fail(format!(
-                            "The shape {shape:?} of model {kind} {i} does not match current batch size {b}"
-                        )));
-                    }
-                    Some(_) => {}
-                }
-            }
-            Ok(())
-        };
-        for (i, io) in sig.inputs.iter().enumerate().filter(|(i, _)| batched(*i)) {
-            check_dim0("input", i, &io.shape)?;
-        }
-        for (i, io) in sig.outputs.iter().enumerate() {
-            check_dim0("output", i, &io.shape)?;
-        }
+        let batch = static_batch_size(sig, cfg).map_err(fail)?;
         // NOTE: a mix of static and symbolic dim 0 runs at the static size; the symbolic ones accept it.
         let mode = match batch {
             Some(n) => BatchMode::Fixed(n as usize),
@@ -377,6 +333,60 @@ impl BatchPlan {
         }
         Ok(per_instance)
     }
+}
+
+/// Element count of a shape whose dims are all static, `None` when one is symbolic.
+fn static_elements(shape: &[i64]) -> Option<usize> {
+    if shape.iter().all(|&d| d >= 0) {
+        element_count(shape)
+    } else {
+        None
+    }
+}
+
+/// MindSpore's load-time rules for `with_batch_dim=True`: every batched input and every output has a dim 0, and all
+/// static ones agree. Returns that static dim 0 (`None` when all are symbolic), or the MindSpore error text.
+fn static_batch_size(sig: &ModelSignature, cfg: &BatchConfig) -> Result<Option<i64>, String> {
+    let mut batch: Option<i64> = None;
+    let mut check = |kind: &str, i: usize, shape: &[i64]| -> Result<(), String> {
+        let Some(&dim0) = shape.first() else {
+            return Err(if kind == "input" {
+                format!(
+                    "The shape of model input {i} cannot be empty, when with_batch_dim is true and \
+                     without_batch_dim_inputs is {:?}",
+                    cfg.without_batch_dim_inputs
+                )
+            } else {
+                format!("The shape of model output {i} cannot be empty, when with_batch_dim is true")
+            });
+        };
+        if dim0 == 0 || dim0 < -1 {
+            return Err(format!("The shape of model {kind} {i} is invalid, shape: {shape:?}"));
+        }
+        match batch {
+            _ if dim0 < 0 => {}
+            None => batch = Some(dim0),
+            Some(b) if b != dim0 => {
+                return Err(format!(
+                    "The shape {shape:?} of model {kind} {i} does not match current batch size {b}"
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    };
+    for (i, io) in sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !cfg.without_batch_dim_inputs.contains(i))
+    {
+        check("input", i, &io.shape)?;
+    }
+    for (i, io) in sig.outputs.iter().enumerate() {
+        check("output", i, &io.shape)?;
+    }
+    Ok(batch)
 }
 
 /// Checks that a tensor's payload matches its own shape, and that strings can go to ONNX Runtime.

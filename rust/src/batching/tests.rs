@@ -78,7 +78,7 @@ impl Gated {
             }
             respond(&inputs)
         };
-        let queue = ModelQueue::new("/models/fake.onnx", signature, cfg, Box::new(runner)).unwrap();
+        let queue = ModelQueue::new("/models/fake.onnx", signature, cfg.clone(), Box::new(runner)).unwrap();
         Gated {
             queue,
             calls,
@@ -229,7 +229,7 @@ fn instance_check_texts() {
         vec![io("x", DType::Float32, &[2, 2]), io("z", DType::Float32, &[2, 2])],
         vec![io("y", DType::Float32, &[2, 2])],
     );
-    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let queue = ModelQueue::new("m.onnx", s, batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
     let invalid = |inputs: Vec<Tensor>| match queue.submit(inputs) {
         Err(ServeError::InvalidInput(text)) => text,
         other => panic!("{other:?}"),
@@ -266,7 +266,7 @@ fn symbolic_dims_check_dtype_and_rank() {
         vec![io("x", DType::Float32, &[-1, -1, 3])],
         vec![io("y", DType::Float32, &[-1, -1, 3])],
     );
-    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let queue = ModelQueue::new("m.onnx", s, batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
     let text = match queue.submit(vec![row(&[1.0, 2.0, 3.0])]) {
         Err(ServeError::InvalidInput(text)) => text,
         other => panic!("{other:?}"),
@@ -283,7 +283,7 @@ fn symbolic_dims_check_dtype_and_rank() {
 #[test]
 fn string_inputs_must_be_utf8_without_nul() {
     let s = sig(vec![io("s", DType::String, &[-1])], vec![io("t", DType::String, &[-1])]);
-    let queue = ModelQueue::new("m.onnx", s, &batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
+    let queue = ModelQueue::new("m.onnx", s, batched(None), Box::new(|i: Vec<Tensor>| echo(&i))).unwrap();
     let bad = Tensor::new(
         DType::String,
         vec![],
@@ -510,7 +510,7 @@ fn runner_panics_and_bad_outputs_fail_the_batch_only() {
     let queue = ModelQueue::new(
         "/m/flaky.onnx",
         fixed_sig(-1),
-        &batched(None),
+        batched(None),
         Box::new(move |i: Vec<Tensor>| flaky(&i)),
     )
     .unwrap();
@@ -591,7 +591,7 @@ fn shutdown_finishes_queued_work_then_refuses() {
 // ---- real ONNX Runtime sessions ----
 
 fn load(name: &str, cfg: &BatchConfig) -> ModelQueue {
-    ModelQueue::load(&model_path(name), cfg, DeviceChoice::Cpu, Some(1)).unwrap()
+    ModelQueue::load(&model_path(name), cfg.clone(), DeviceChoice::Cpu, Some(1)).unwrap()
 }
 
 #[tokio::test]
@@ -691,7 +691,7 @@ fn ort_validation_error_names_the_file() {
         without_batch_dim_inputs: vec![0, 1],
         ..batched(None)
     };
-    let err = ModelQueue::load(&model_path("add_fixed"), &cfg, DeviceChoice::Cpu, None).unwrap_err();
+    let err = ModelQueue::load(&model_path("add_fixed"), cfg, DeviceChoice::Cpu, None).unwrap_err();
     assert!(
         matches!(&err, ServeError::Config(t) if t.contains("add_fixed.onnx")),
         "{err:?}"

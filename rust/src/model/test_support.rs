@@ -60,12 +60,27 @@ pub(crate) fn ort_ready() -> &'static Path {
     DIR.get_or_init(|| {
         let lib = ort_lib();
         super::init_onnxruntime(&lib).unwrap_or_else(|e| panic!("{e} (set {ORT_LIB_VAR} to a usable library)"));
-        let dir = std::env::temp_dir().join(format!("rustserve-test-models-{}", std::process::id()));
+        let root = std::env::temp_dir().join("rustserve-test-models");
+        remove_stale_dirs(&root);
+        let dir = root.join(std::process::id().to_string());
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rust/tests_data/make_test_models.py");
         let dir_text = dir.to_str().expect("temp dir path is UTF-8");
         assert_eq!(run_python(&[script, dir_text]), "ok");
         dir
     })
+}
+
+/// Removes model folders left by earlier test processes that have exited (folders are named by pid).
+fn remove_stale_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let alive = name.to_str().is_some_and(|pid| Path::new("/proc").join(pid).exists());
+        if !alive {
+            // Best effort: a folder we cannot remove only wastes a few kilobytes.
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Path of a test model built by `ort_ready`.

@@ -34,7 +34,7 @@ impl PyServer {
     fn new(worker_threads: usize) -> PyResult<Self> {
         let runtime = ServerRuntime::new(worker_threads).map_err(|e| ServerStartError::new_err(e.to_string()))?;
         let executor = Arc::new(
-            PyExecutor::start(runtime.handle().clone()).map_err(|e| ServerStartError::new_err(e.to_string()))?,
+            PyExecutor::start().map_err(|e| ServerStartError::new_err(e.to_string()))?,
         );
         let service = Arc::new(Service::new(executor.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
         Ok(PyServer { runtime, executor, service, stopped: AtomicBool::new(false) })
@@ -54,12 +54,8 @@ impl PyServer {
                 )));
             }
         }
-        let handle = self.runtime.handle().clone();
         let loaded = py
-            .detach(move || {
-                let _runtime = handle.enter();
-                specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>()
-            })
+            .detach(move || specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>())
             .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
         for servable in loaded {
             tracing::info!(

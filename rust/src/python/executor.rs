@@ -22,14 +22,13 @@ pub struct PyExecutor {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub functions: FunctionTable,
-    runtime: tokio::runtime::Handle,
 }
 
 const STOPPED: &str = "Servable stopped";
 
 impl PyExecutor {
-    /// Starts the GIL thread. `runtime` is where `Model.call` waits for model results.
-    pub fn start(runtime: tokio::runtime::Handle) -> std::io::Result<PyExecutor> {
+    /// Starts the GIL thread.
+    pub fn start() -> std::io::Result<PyExecutor> {
         let (sender, receiver) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new().name("rustserve-python".into()).spawn(move || {
             Python::attach(|py| {
@@ -50,7 +49,6 @@ impl PyExecutor {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
             functions: Arc::default(),
-            runtime,
         })
     }
 
@@ -86,9 +84,8 @@ impl PythonStages for PyExecutor {
         let count = call.instances.len();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let functions = self.functions.clone();
-        let runtime = self.runtime.clone();
         let job: Job = Box::new(move |py| {
-            let _ = reply.send(stages::run(py, &functions, &runtime, call));
+            let _ = reply.send(stages::run(py, &functions, call));
         });
         let sent = self.send(job);
         Box::pin(async move {

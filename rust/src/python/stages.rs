@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 thread_local! {
     /// Models of the servable whose stage runs right now on this (the GIL) thread, for `Model.call`.
-    static CURRENT_MODELS: RefCell<Option<(Arc<ModelSet>, tokio::runtime::Handle)>> = const { RefCell::new(None) };
+    static CURRENT_MODELS: RefCell<Option<Arc<ModelSet>>> = const { RefCell::new(None) };
 }
 
 /// Why a call went wrong: a user exception (per instance) or a broken contract (the whole call).
@@ -155,7 +155,7 @@ impl Call<'_> {
 }
 
 /// Runs a stage call on the GIL thread; always answers one result per instance.
-pub fn run(py: Python<'_>, functions: &FunctionTable, runtime: &tokio::runtime::Handle, call: FunctionCall) -> Vec<InstanceResult> {
+pub fn run(py: Python<'_>, functions: &FunctionTable, call: FunctionCall) -> Vec<InstanceResult> {
     let n = call.instances.len();
     let function = {
         let table = functions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -165,7 +165,7 @@ pub fn run(py: Python<'_>, functions: &FunctionTable, runtime: &tokio::runtime::
         return vec![Err(ServeError::Internal(format!("stage function {} is not registered", call.name))); n];
     };
     let function = function.into_bound(py);
-    CURRENT_MODELS.with(|c| *c.borrow_mut() = Some((call.models.clone(), runtime.clone())));
+    CURRENT_MODELS.with(|c| *c.borrow_mut() = Some(call.models.clone()));
     let stage = Call { call: &call };
     let outcome = match call.batch_size {
         None => stage.per_instance(py, &function),
@@ -191,7 +191,7 @@ pub fn model_call(
     instances: Vec<Vec<Bound<'_, PyAny>>>,
 ) -> PyResult<Vec<Py<PyTuple>>> {
     let current = CURRENT_MODELS.with(|c| c.borrow().clone());
-    let Some((models, runtime)) = current else {
+    let Some(models) = current else {
         return Err(super::ModelCallError::new_err("it can only be used inside a Python stage while serving"));
     };
     let index = models.by_key.get(model_key).copied().ok_or_else(|| {
@@ -218,11 +218,17 @@ pub fn model_call(
         let tensors = values.iter().map(py_to_tensor).collect::<Result<Vec<_>, _>>();
         inputs.push(tensors.map_err(super::ModelCallError::new_err)?);
     }
-    let results = py.detach(move || {
-        runtime.block_on(futures::future::join_all(inputs.into_iter().map(|x| {
-            let queue = queue.clone();
-            async move { queue.infer(x).await }
-        })))
+    // Submit every instance first so they can share a batch, then wait with the GIL released.
+    let results: Vec<_> = py.detach(move || {
+        let pending: Vec<_> = inputs.into_iter().map(|x| queue.submit(x)).collect();
+        pending
+            .into_iter()
+            .map(|rx| {
+                rx.and_then(|rx| {
+                    rx.blocking_recv().unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
+                })
+            })
+            .collect()
     });
     results
         .into_iter()

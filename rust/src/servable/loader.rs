@@ -30,7 +30,7 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
         };
         let mut subgraphs = Vec::with_capacity(model.files.len());
         for file in &model.files {
-            let queue = ModelQueue::load(file, config.clone(), device.clone(), model.intra_op_threads)
+            let queue = ModelQueue::load(file, config.clone(), device, model.intra_op_threads)
                 .map_err(|e| context(e.message().to_string()))?;
             subgraphs.push(Arc::new(queue));
         }
