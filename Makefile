@@ -47,8 +47,8 @@ format:
 proto: venv
 	bash scripts/gen_proto.sh
 
-bench: venv
-	$(PY) benches/compare.py
+bench:
+	CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) cargo bench --bench codecs
 
 clean:
 	rm -rf target python/rustserve/*.so

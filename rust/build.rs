@@ -4,6 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;
     // NOTE: `bytes` fields decode into `bytes::Bytes`, so tensor payloads are sliced from the request buffer, not copied.
-    tonic_prost_build::configure().bytes(".").build_server(true).build_client(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ def add_instances(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [
         {
-            "x1": np.array([i, i + 0.5, -i], dtype=np.float32) + rng.integers(0, 100),
+            "x1": np.array([i, i + 0.5, -i], dtype=np.float32) + np.float32(rng.integers(0, 100)),
             "x2": np.array([10 * i, 1, 2], dtype=np.float32) * (seed + 1),
         }
         for i in range(count)

@@ -196,7 +196,9 @@ def test_zero_instances_is_an_error_not_a_hang(grpc: Grpc, make_client: Callable
     expected = "Instances count of request cannot be 0, servable: add, method: add_common"
     grpc.assert_failed(grpc.predict("add", "add_common", [], timeout=30), INVALID_INPUTS, expected)
     assert_client_error(make_client("add", "add_common").infer([]), expected)
-    assert_rest_error(rest.predict("add", "add_common", []), "instances value is array type, but no value")
+    assert_rest_error(
+        rest.predict("add", "add_common", []), "Parser request failed, instances value is array type, but no value"
+    )
     assert_add_works(grpc)
 
 

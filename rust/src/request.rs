@@ -16,11 +16,14 @@ pub struct MethodRef {
 impl MethodRef {
     /// MindSpore's `<spec>` text: `servable(add) method(add_common) ` plus ` version(2) ` when version > 0.
     pub fn spec_text(&self) -> String {
-        let mut s = format!("servable({}) method({}) ", self.servable, self.method);
         if self.version > 0 {
-            s.push_str(&format!(" version({}) ", self.version));
+            format!(
+                "servable({}) method({})  version({}) ",
+                self.servable, self.method, self.version
+            )
+        } else {
+            format!("servable({}) method({}) ", self.servable, self.method)
         }
-        s
     }
 }
 
@@ -40,18 +43,27 @@ pub enum PredictReply {
     /// The whole request failed (routing, input names, zero instances, overload).
     Failed(ServeError),
     /// One result per request instance, in order.
-    Instances { output_names: Arc<[String]>, results: Vec<InstanceResult> },
+    Instances {
+        output_names: Arc<[String]>,
+        results: Vec<InstanceResult>,
+    },
 }
 
 /// How a reply travels, after MindSpore's collapse rule.
 #[derive(Debug)]
 pub enum ReplyShape<'a> {
     /// Every instance succeeded: instances only, no error list.
-    AllOk { output_names: &'a [String], outputs: Vec<&'a [Tensor]> },
+    AllOk {
+        output_names: &'a [String],
+        outputs: Vec<&'a [Tensor]>,
+    },
     /// One error and zero instances: whole-request failure, or every instance failed with the same code and text.
     OneError(&'a ServeError),
     /// Mixed: one entry per instance, failed ones carry their error and no outputs.
-    Mixed { output_names: &'a [String], results: &'a [InstanceResult] },
+    Mixed {
+        output_names: &'a [String],
+        results: &'a [InstanceResult],
+    },
 }
 
 impl PredictReply {
@@ -64,7 +76,10 @@ impl PredictReply {
                 match first_err {
                     None => ReplyShape::AllOk {
                         output_names,
-                        outputs: results.iter().filter_map(|r| r.as_ref().ok().map(Vec::as_slice)).collect(),
+                        outputs: results
+                            .iter()
+                            .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
+                            .collect(),
                     },
                     Some(first) if results.iter().all(|r| r.as_ref().err() == Some(first)) => {
                         ReplyShape::OneError(first)
@@ -86,7 +101,11 @@ mod tests {
 
     #[test]
     fn spec_text_matches_mindspore() {
-        let mut r = MethodRef { servable: "add".into(), method: "add_common".into(), version: 0 };
+        let mut r = MethodRef {
+            servable: "add".into(),
+            method: "add_common".into(),
+            version: 0,
+        };
         assert_eq!(r.spec_text(), "servable(add) method(add_common) ");
         r.version = 2;
         assert_eq!(r.spec_text(), "servable(add) method(add_common)  version(2) ");
@@ -97,13 +116,25 @@ mod tests {
         let ok = Ok(vec![Tensor::scalar_string("a")]);
         let e1 = Err(ServeError::Stage("boom".into()));
         let e2 = Err(ServeError::Stage("other".into()));
-        let all_ok = PredictReply::Instances { output_names: names(), results: vec![ok.clone(), ok.clone()] };
+        let all_ok = PredictReply::Instances {
+            output_names: names(),
+            results: vec![ok.clone(), ok.clone()],
+        };
         assert!(matches!(all_ok.shape(), ReplyShape::AllOk { ref outputs, .. } if outputs.len() == 2));
-        let same = PredictReply::Instances { output_names: names(), results: vec![e1.clone(), e1.clone()] };
+        let same = PredictReply::Instances {
+            output_names: names(),
+            results: vec![e1.clone(), e1.clone()],
+        };
         assert!(matches!(same.shape(), ReplyShape::OneError(e) if e.message() == "boom"));
-        let differ = PredictReply::Instances { output_names: names(), results: vec![e1.clone(), e2] };
+        let differ = PredictReply::Instances {
+            output_names: names(),
+            results: vec![e1.clone(), e2],
+        };
         assert!(matches!(differ.shape(), ReplyShape::Mixed { .. }));
-        let mixed = PredictReply::Instances { output_names: names(), results: vec![ok, e1] };
+        let mixed = PredictReply::Instances {
+            output_names: names(),
+            results: vec![ok, e1],
+        };
         assert!(matches!(mixed.shape(), ReplyShape::Mixed { .. }));
     }
 }

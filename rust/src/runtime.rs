@@ -33,7 +33,9 @@ impl ServerRuntime {
     /// Python run on their own threads).
     pub fn new(worker_threads: usize) -> std::io::Result<ServerRuntime> {
         let threads = if worker_threads == 0 {
-            std::thread::available_parallelism().map_or(2, std::num::NonZero::get).min(4)
+            std::thread::available_parallelism()
+                .map_or(2, std::num::NonZero::get)
+                .min(4)
         } else {
             worker_threads
         };
@@ -43,7 +45,12 @@ impl ServerRuntime {
             .enable_all()
             .build()?;
         let handle = runtime.handle().clone();
-        Ok(ServerRuntime { runtime: Mutex::new(Some(runtime)), handle, stop: watch::channel(false).0, tasks: Mutex::default() })
+        Ok(ServerRuntime {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            stop: watch::channel(false).0,
+            tasks: Mutex::default(),
+        })
     }
 
     /// The runtime's handle (model batchers and `Model.call` use it).
@@ -66,14 +73,20 @@ impl ServerRuntime {
     fn bind(&self, address: &str, which: Listener) -> Result<tokio::net::TcpListener, ServeError> {
         let addr: SocketAddr = address.parse().map_err(|_| {
             ServeError::Config(match which {
-                Listener::Grpc => format!("Serving Error: The format of the Serving gRPC address '{address}' is illegal"),
+                Listener::Grpc => {
+                    format!("Serving Error: The format of the Serving gRPC address '{address}' is illegal")
+                }
                 Listener::Rest => format!("Serving Error: RESTful server address '{address}' is illegal"),
             })
         })?;
         let listener = self.handle.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| {
             ServeError::Config(match which {
-                Listener::Grpc => format!("Serving Error: Serving gRPC server start failed, create server failed, address {address}: {e}"),
-                Listener::Rest => format!("Serving Error: RESTful server start failed, bind to the socket address {address} failed: {e}"),
+                Listener::Grpc => format!(
+                    "Serving Error: Serving gRPC server start failed, create server failed, address {address}: {e}"
+                ),
+                Listener::Rest => format!(
+                    "Serving Error: RESTful server start failed, bind to the socket address {address} failed: {e}"
+                ),
             })
         })?;
         if addr.ip().is_unspecified() {
@@ -83,12 +96,22 @@ impl ServerRuntime {
     }
 
     /// Binds `address` and serves MindSpore gRPC on it; returns the bound port.
-    pub fn start_grpc(&self, service: std::sync::Arc<Service>, address: &str, max_bytes: usize) -> Result<u16, ServeError> {
+    pub fn start_grpc(
+        &self,
+        service: std::sync::Arc<Service>,
+        address: &str,
+        max_bytes: usize,
+    ) -> Result<u16, ServeError> {
         if self.is_running(Listener::Grpc) {
-            return Err(ServeError::Config("Serving Error: Serving gRPC server is already running".into()));
+            return Err(ServeError::Config(
+                "Serving Error: Serving gRPC server is already running".into(),
+            ));
         }
         let listener = self.bind(address, Listener::Grpc)?;
-        let port = listener.local_addr().map_err(|e| ServeError::Internal(e.to_string()))?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .port();
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let router = tonic::transport::Server::builder().add_service(ingress::grpc::ms_service(service, max_bytes));
         let stop = self.stop_signal();
@@ -97,18 +120,31 @@ impl ServerRuntime {
                 tracing::error!("gRPC server failed: {err}");
             }
         });
-        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Listener::Grpc, task));
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((Listener::Grpc, task));
         Ok(port)
     }
 
     /// Binds `address` and serves MindSpore REST on it; returns the bound port.
-    pub fn start_rest(&self, service: std::sync::Arc<Service>, address: &str, max_bytes: usize) -> Result<u16, ServeError> {
+    pub fn start_rest(
+        &self,
+        service: std::sync::Arc<Service>,
+        address: &str,
+        max_bytes: usize,
+    ) -> Result<u16, ServeError> {
         use axum::serve::ListenerExt;
         if self.is_running(Listener::Rest) {
-            return Err(ServeError::Config("Serving Error: RESTful server is already running".into()));
+            return Err(ServeError::Config(
+                "Serving Error: RESTful server is already running".into(),
+            ));
         }
         let listener = self.bind(address, Listener::Rest)?;
-        let port = listener.local_addr().map_err(|e| ServeError::Internal(e.to_string()))?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .port();
         let app = ingress::http::router(service, max_bytes);
         let stop = self.stop_signal();
         let task = self.handle.spawn(async move {
@@ -119,7 +155,10 @@ impl ServerRuntime {
                 tracing::error!("REST server failed: {err}");
             }
         });
-        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Listener::Rest, task));
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((Listener::Rest, task));
         Ok(port)
     }
 
@@ -127,8 +166,18 @@ impl ServerRuntime {
     /// Blocking; idempotent.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
-        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
-        let Some(runtime) = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let Some(runtime) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
             return;
         };
         runtime.block_on(async {

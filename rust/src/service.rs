@@ -31,7 +31,12 @@ impl Drop for InFlight<'_> {
 
 impl Service {
     pub fn new(python: Arc<dyn PythonStages>, max_enqueued: usize) -> Service {
-        Service { registry: Registry::default(), python, max_enqueued, in_flight: AtomicUsize::new(0) }
+        Service {
+            registry: Registry::default(),
+            python,
+            max_enqueued,
+            in_flight: AtomicUsize::new(0),
+        }
     }
 
     /// Answers one predict request.
@@ -81,6 +86,9 @@ impl Service {
             ordered.push(inputs);
         }
         let results = run_method(&plan, self.python.as_ref(), ordered).await;
-        PredictReply::Instances { output_names: plan.output_names.clone(), results }
+        PredictReply::Instances {
+            output_names: plan.output_names.clone(),
+            results,
+        }
     }
 }

@@ -157,7 +157,9 @@ pub struct Tensor {
 
 /// Number of elements of a shape, `None` when a dim is negative or the product overflows.
 pub fn element_count(shape: &[i64]) -> Option<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+    shape.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+    })
 }
 
 impl Tensor {
@@ -191,12 +193,20 @@ impl Tensor {
 
     /// A 0-d `String` tensor.
     pub fn scalar_string(text: impl Into<String>) -> Tensor {
-        Tensor { dtype: DType::String, shape: vec![], data: TensorData::Items(vec![Bytes::from(text.into())]) }
+        Tensor {
+            dtype: DType::String,
+            shape: vec![],
+            data: TensorData::Items(vec![Bytes::from(text.into())]),
+        }
     }
 
     /// A 0-d `Bytes` tensor.
     pub fn scalar_bytes(value: impl Into<Bytes>) -> Tensor {
-        Tensor { dtype: DType::Bytes, shape: vec![], data: TensorData::Items(vec![value.into()]) }
+        Tensor {
+            dtype: DType::Bytes,
+            shape: vec![],
+            data: TensorData::Items(vec![value.into()]),
+        }
     }
 
     /// Builds a numeric tensor from typed values (little-endian).

@@ -29,5 +29,7 @@ impl MsService for MsGrpc {
 
 /// Builds the tonic service with `max_bytes` as the send and receive message limit.
 pub fn ms_service(service: Arc<Service>, max_bytes: usize) -> MsServiceServer<MsGrpc> {
-    MsServiceServer::new(MsGrpc { service }).max_decoding_message_size(max_bytes).max_encoding_message_size(max_bytes)
+    MsServiceServer::new(MsGrpc { service })
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes)
 }

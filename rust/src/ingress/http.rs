@@ -28,7 +28,8 @@ pub fn router(service: Arc<Service>, max_bytes: usize) -> Router {
 }
 
 fn json_reply(value: &serde_json::Value) -> Response {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error_msg\":\"Failed to construct the response\"}".to_vec());
+    let body =
+        serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error_msg\":\"Failed to construct the response\"}".to_vec());
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -42,7 +43,10 @@ async fn mindspore_rest(State(state): State<RestState>, method: Method, uri: Uri
     };
     // Read one byte past the limit so "too big" is told apart from "exactly the limit".
     let Ok(bytes) = axum::body::to_bytes(body, state.max_bytes.saturating_add(1)).await else {
-        return json_reply(&ms_json::error_body(&format!("http message is bigger than {}", state.max_bytes)));
+        return json_reply(&ms_json::error_body(&format!(
+            "http message is bigger than {}",
+            state.max_bytes
+        )));
     };
     let instances = match ms_json::decode_body(&bytes, state.max_bytes) {
         Ok(instances) => instances,

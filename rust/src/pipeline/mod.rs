@@ -60,7 +60,11 @@ pub trait PythonStages: Send + Sync {
 }
 
 /// Runs `plan` for instances whose inputs are in the method's input order.
-pub async fn run_method(plan: &MethodPlan, python: &dyn PythonStages, instances: Vec<Vec<Tensor>>) -> Vec<InstanceResult> {
+pub async fn run_method(
+    plan: &MethodPlan,
+    python: &dyn PythonStages,
+    instances: Vec<Vec<Tensor>>,
+) -> Vec<InstanceResult> {
     let n = instances.len();
     // values[i][stage] = outputs of `stage` for instance i (stage 0 = method inputs).
     let mut values: Vec<Vec<Vec<Tensor>>> = instances.into_iter().map(|inputs| vec![inputs]).collect();
@@ -72,14 +76,24 @@ pub async fn run_method(plan: &MethodPlan, python: &dyn PythonStages, instances:
         }
         let inputs: Vec<Vec<Tensor>> = alive
             .iter()
-            .map(|&i| stage.inputs.iter().map(|src| values[i][src.stage][src.index].clone()).collect())
+            .map(|&i| {
+                stage
+                    .inputs
+                    .iter()
+                    .map(|src| values[i][src.stage][src.index].clone())
+                    .collect()
+            })
             .collect();
         let results = match &stage.kind {
             StageKind::Model { model, subgraph } => match plan.models.queue(*model, *subgraph) {
                 Some(queue) => join_all(inputs.into_iter().map(|x| queue.infer(x))).await,
                 None => vec![Err(ServeError::Internal(format!("model {model} is not loaded"))); alive.len()],
             },
-            StageKind::Function { function, name, batch_size } => {
+            StageKind::Function {
+                function,
+                name,
+                batch_size,
+            } => {
                 let call = FunctionCall {
                     function: *function,
                     name: name.clone(),
@@ -101,7 +115,9 @@ pub async fn run_method(plan: &MethodPlan, python: &dyn PythonStages, instances:
                 results.len(),
                 alive.len()
             ));
-            alive.iter().for_each(|&i| errors[i] = Some(err.clone()));
+            for &i in &alive {
+                errors[i] = Some(err.clone());
+            }
             continue;
         }
         for (i, result) in alive.into_iter().zip(results) {
@@ -127,7 +143,12 @@ pub async fn run_method(plan: &MethodPlan, python: &dyn PythonStages, instances:
         .zip(errors)
         .map(|(vals, err)| match err {
             Some(err) => Err(err),
-            None => Ok(plan.spec.outputs.iter().map(|src| vals[src.stage][src.index].clone()).collect()),
+            None => Ok(plan
+                .spec
+                .outputs
+                .iter()
+                .map(|src| vals[src.stage][src.index].clone())
+                .collect()),
         })
         .collect()
 }

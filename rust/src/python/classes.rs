@@ -5,8 +5,8 @@ use super::executor::PyExecutor;
 use super::{ServableStartError, ServerStartError, spec};
 use crate::error::ServeError;
 use crate::runtime::ServerRuntime;
-use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Service};
 use crate::servable::loader;
+use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Service};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::Arc;
@@ -33,11 +33,14 @@ impl PyServer {
     #[pyo3(signature = (worker_threads = 0))]
     fn new(worker_threads: usize) -> PyResult<Self> {
         let runtime = ServerRuntime::new(worker_threads).map_err(|e| ServerStartError::new_err(e.to_string()))?;
-        let executor = Arc::new(
-            PyExecutor::start().map_err(|e| ServerStartError::new_err(e.to_string()))?,
-        );
+        let executor = Arc::new(PyExecutor::start().map_err(|e| ServerStartError::new_err(e.to_string()))?);
         let service = Arc::new(Service::new(executor.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
-        Ok(PyServer { runtime, executor, service, stopped: AtomicBool::new(false) })
+        Ok(PyServer {
+            runtime,
+            executor,
+            service,
+            stopped: AtomicBool::new(false),
+        })
     }
 
     /// Loads and validates servable versions described by spec dicts (see rustserve.server._spec); all or none.
@@ -45,7 +48,10 @@ impl PyServer {
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServableStartError::new_err("the server has been stopped"));
         }
-        let specs = specs.iter().map(|d| spec::servable(d, &self.executor)).collect::<PyResult<Vec<_>>>()?;
+        let specs = specs
+            .iter()
+            .map(|d| spec::servable(d, &self.executor))
+            .collect::<PyResult<Vec<_>>>()?;
         for s in &specs {
             if self.service.registry.contains(&s.name, s.version) {
                 return Err(ServableStartError::new_err(format!(
@@ -72,18 +78,25 @@ impl PyServer {
     /// Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port.
     fn start_grpc(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize) -> PyResult<u16> {
         let service = self.service.clone();
-        py.detach(|| self.runtime.start_grpc(service, address, max_msg_mb_size * MB)).map_err(start_error)
+        py.detach(|| self.runtime.start_grpc(service, address, max_msg_mb_size * MB))
+            .map_err(start_error)
     }
 
     /// Starts the REST server on `address` (ip:port); returns the bound port.
     fn start_rest(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize) -> PyResult<u16> {
         let service = self.service.clone();
-        py.detach(|| self.runtime.start_rest(service, address, max_msg_mb_size * MB)).map_err(start_error)
+        py.detach(|| self.runtime.start_rest(service, address, max_msg_mb_size * MB))
+            .map_err(start_error)
     }
 
     /// (name, version, method names) of every loaded servable version.
     fn servables(&self) -> Vec<(String, u64, Vec<String>)> {
-        self.service.registry.all().iter().map(|s| (s.name.clone(), s.version, s.method_names())).collect()
+        self.service
+            .registry
+            .all()
+            .iter()
+            .map(|s| (s.name.clone(), s.version, s.method_names()))
+            .collect()
     }
 
     /// Stops the listeners (draining requests in flight), the Python executor and the models; idempotent.
@@ -143,5 +156,8 @@ pub fn onnx_signature<'py>(py: Python<'py>, model_path: &str) -> PyResult<Bound<
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

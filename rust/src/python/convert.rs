@@ -13,8 +13,13 @@ static FROMBUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASCONTIGUOUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NP_GENERIC: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
 
-fn numpy_fn<'py>(py: Python<'py>, cell: &'static PyOnceLock<Py<PyAny>>, name: &str) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || Ok(py.import("numpy")?.getattr(name)?.unbind())).map(|f| f.bind(py))
+fn numpy_fn<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || Ok(py.import("numpy")?.getattr(name)?.unbind()))
+        .map(|f| f.bind(py))
 }
 
 /// Converts a tensor into the Python value a stage function receives.
@@ -30,8 +35,10 @@ pub fn tensor_to_py<'py>(py: Python<'py>, tensor: &Tensor) -> PyResult<Bound<'py
         }
         TensorData::Items(items) => {
             // NOTE: MindSpore hands bytes to stages as a 1-D uint8 array (users call .tobytes()).
-            let arrays: Vec<Bound<'py, PyAny>> =
-                items.iter().map(|b| raw_to_numpy(py, b, "uint8", &[b.len() as i64])).collect::<PyResult<_>>()?;
+            let arrays: Vec<Bound<'py, PyAny>> = items
+                .iter()
+                .map(|b| raw_to_numpy(py, b, "uint8", &[b.len() as i64]))
+                .collect::<PyResult<_>>()?;
             if arrays.len() == 1 {
                 Ok(arrays.into_iter().next().expect("one item"))
             } else {
@@ -69,7 +76,10 @@ fn dtype_of(kind: u8, itemsize: usize) -> Option<DType> {
 }
 
 fn illegal(obj: &Bound<'_, PyAny>) -> String {
-    let type_repr = obj.get_type().repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unknown>".into());
+    let type_repr = obj
+        .get_type()
+        .repr()
+        .map_or_else(|_| "<unknown>".into(), |r| r.to_string());
     format!("Get illegal result data with type {type_repr}")
 }
 
@@ -82,7 +92,11 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
     let array = contiguous.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
     let descr = array.dtype();
     let dtype = dtype_of(descr.kind(), descr.itemsize()).ok_or_else(|| {
-        format!("{}, numpy dtype '{}' is not supported", illegal(obj), descr.str().map(|s| s.to_string()).unwrap_or_default())
+        format!(
+            "{}, numpy dtype '{}' is not supported",
+            illegal(obj),
+            descr.str().map(|s| s.to_string()).unwrap_or_default()
+        )
     })?;
     if descr.is_native_byteorder() == Some(false) {
         // Big-endian input: let numpy swap it, then read again.
@@ -97,7 +111,11 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
     // stays alive and unmoved while attached); its data pointer addresses exactly `nbytes` bytes.
     let raw = unsafe {
         let data = (*array.as_array_ptr()).fields.data as *const u8;
-        if nbytes == 0 { Vec::new() } else { std::slice::from_raw_parts(data, nbytes).to_vec() }
+        if nbytes == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(data, nbytes).to_vec()
+        }
     };
     Tensor::from_raw(dtype, shape, raw)
 }
@@ -114,7 +132,9 @@ pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
         return Tensor::from_values(vec![], &[v]);
     }
     if obj.is_instance_of::<PyInt>() {
-        let v: i64 = obj.extract().map_err(|e: PyErr| format!("int result does not fit int64: {e}"))?;
+        let v: i64 = obj
+            .extract()
+            .map_err(|e: PyErr| format!("int result does not fit int64: {e}"))?;
         return Tensor::from_values(vec![], &[v]);
     }
     if obj.is_instance_of::<PyFloat>() {
@@ -136,7 +156,9 @@ pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
         return numpy_to_tensor(&array);
     }
     if obj.hasattr("asnumpy").unwrap_or(false) {
-        let array = obj.call_method0("asnumpy").map_err(|e| format!("asnumpy() failed: {e}"))?;
+        let array = obj
+            .call_method0("asnumpy")
+            .map_err(|e| format!("asnumpy() failed: {e}"))?;
         if array.is_instance_of::<PyUntypedArray>() {
             return numpy_to_tensor(&array);
         }

@@ -30,21 +30,23 @@ impl PyExecutor {
     /// Starts the GIL thread.
     pub fn start() -> std::io::Result<PyExecutor> {
         let (sender, receiver) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new().name("rustserve-python".into()).spawn(move || {
-            Python::attach(|py| {
-                let mut receiver = receiver;
-                loop {
-                    // `move` + hand back: a borrowed Receiver is not `Sync`, so it cannot cross `detach`.
-                    let (job, back) = py.detach(move || (receiver.recv(), receiver));
-                    receiver = back;
-                    let Ok(job) = job else { break };
-                    // A panic in conversion code must not kill the only Python thread.
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py))).is_err() {
-                        tracing::error!("a Python stage job panicked; its request was answered with an error");
+        let thread = std::thread::Builder::new()
+            .name("rustserve-python".into())
+            .spawn(move || {
+                Python::attach(|py| {
+                    let mut receiver = receiver;
+                    loop {
+                        // `move` + hand back: a borrowed Receiver is not `Sync`, so it cannot cross `detach`.
+                        let (job, back) = py.detach(move || (receiver.recv(), receiver));
+                        receiver = back;
+                        let Ok(job) = job else { break };
+                        // A panic in conversion code must not kill the only Python thread.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py))).is_err() {
+                            tracing::error!("a Python stage job panicked; its request was answered with an error");
+                        }
                     }
-                }
-            });
-        })?;
+                });
+            })?;
         Ok(PyExecutor {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
@@ -54,7 +56,10 @@ impl PyExecutor {
 
     /// Registers a callable and returns its index. Call while attached.
     pub fn add_function(&self, function: Py<PyAny>) -> crate::servable::spec::FunctionId {
-        let mut table = self.functions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = self
+            .functions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         table.push(function);
         crate::servable::spec::FunctionId(table.len() - 1)
     }
@@ -69,12 +74,19 @@ impl PyExecutor {
 
     /// Stops accepting jobs and joins the thread. Call with the GIL released.
     pub fn shutdown(&self) {
-        self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let thread = self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(thread) = thread {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        self.sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
         }
     }
 }
@@ -93,13 +105,18 @@ impl PythonStages for PyExecutor {
                 return vec![Err(err); count];
             }
             // A dropped reply (panic, shutdown) is an error for every instance, never a hang.
-            answer.await.unwrap_or_else(|_| vec![Err(ServeError::Unavailable(STOPPED.into())); count])
+            answer
+                .await
+                .unwrap_or_else(|_| vec![Err(ServeError::Unavailable(STOPPED.into())); count])
         })
     }
 }
 
 impl Drop for PyExecutor {
     fn drop(&mut self) {
-        self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 }

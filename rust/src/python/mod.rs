@@ -11,7 +11,27 @@ pub mod stages;
 use pyo3::create_exception;
 
 // NOTE: a RuntimeError subclass, because MindSpore Serving scripts catch RuntimeError around the start calls.
-create_exception!(_rustserve, RustServeError, pyo3::exceptions::PyRuntimeError, "Base class of every rustserve error.");
-create_exception!(_rustserve, ServableStartError, RustServeError, "A servable failed to load or validate.");
-create_exception!(_rustserve, ServerStartError, RustServeError, "A gRPC or REST listener could not start.");
-create_exception!(_rustserve, ModelCallError, RustServeError, "Model.call from a Python stage failed.");
+create_exception!(
+    _rustserve,
+    RustServeError,
+    pyo3::exceptions::PyRuntimeError,
+    "Base class of every rustserve error."
+);
+create_exception!(
+    _rustserve,
+    ServableStartError,
+    RustServeError,
+    "A servable failed to load or validate."
+);
+create_exception!(
+    _rustserve,
+    ServerStartError,
+    RustServeError,
+    "A gRPC or REST listener could not start."
+);
+create_exception!(
+    _rustserve,
+    ModelCallError,
+    RustServeError,
+    "Model.call from a Python stage failed."
+);

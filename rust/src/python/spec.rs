@@ -19,11 +19,21 @@ fn item<'py, T: FromPyObjectOwned<'py>>(dict: &Bound<'py, PyDict>, key: &str) ->
 
 fn dicts<'py>(dict: &Bound<'py, PyDict>, key: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let list: Bound<'py, PyList> = item(dict, key)?;
-    list.iter().map(|d| d.cast_into::<PyDict>().map_err(PyErr::from)).collect()
+    list.iter()
+        .map(|d| d.cast_into::<PyDict>().map_err(PyErr::from))
+        .collect()
 }
 
 fn sources(dict: &Bound<'_, PyDict>, key: &str) -> PyResult<Vec<Source>> {
-    dicts(dict, key)?.iter().map(|d| Ok(Source { stage: item(d, "stage")?, index: item(d, "index")? })).collect()
+    dicts(dict, key)?
+        .iter()
+        .map(|d| {
+            Ok(Source {
+                stage: item(d, "stage")?,
+                index: item(d, "index")?,
+            })
+        })
+        .collect()
 }
 
 fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
@@ -31,11 +41,18 @@ fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
     let device = match device_type.as_str() {
         "cpu" => DeviceKind::Cpu,
         "gpu" => DeviceKind::Gpu(item(dict, "device_ids")?),
-        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown device_type '{other}'"))),
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown device_type '{other}'"
+            )));
+        }
     };
     Ok(ModelSpec {
         key: item(dict, "key")?,
-        files: item::<Vec<String>>(dict, "files")?.into_iter().map(Into::into).collect(),
+        files: item::<Vec<String>>(dict, "files")?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         with_batch_dim: item(dict, "with_batch_dim")?,
         without_batch_dim_inputs: item(dict, "without_batch_dim_inputs")?,
         max_batch_size: item(dict, "max_batch_size")?,
@@ -47,15 +64,27 @@ fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
 fn stage(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<StageSpec> {
     let kind: String = item(dict, "kind")?;
     let kind = match kind.as_str() {
-        "model" => StageKind::Model { model: item(dict, "model")?, subgraph: item(dict, "subgraph")? },
+        "model" => StageKind::Model {
+            model: item(dict, "model")?,
+            subgraph: item(dict, "subgraph")?,
+        },
         "function" => StageKind::Function {
             function: executor.add_function(item(dict, "function")?),
             name: item(dict, "name")?,
             batch_size: item(dict, "batch_size")?,
         },
-        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown stage kind '{other}'"))),
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown stage kind '{other}'"
+            )));
+        }
     };
-    Ok(StageSpec { kind, inputs: sources(dict, "inputs")?, outputs_count: item(dict, "outputs_count")?, tag: item(dict, "tag")? })
+    Ok(StageSpec {
+        kind,
+        inputs: sources(dict, "inputs")?,
+        outputs_count: item(dict, "outputs_count")?,
+        tag: item(dict, "tag")?,
+    })
 }
 
 fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpec> {
@@ -64,7 +93,10 @@ fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpe
         inputs: item(dict, "inputs")?,
         output_names: item(dict, "output_names")?,
         outputs: sources(dict, "outputs")?,
-        stages: dicts(dict, "stages")?.iter().map(|s| stage(s, executor)).collect::<PyResult<_>>()?,
+        stages: dicts(dict, "stages")?
+            .iter()
+            .map(|s| stage(s, executor))
+            .collect::<PyResult<_>>()?,
     })
 }
 
@@ -74,6 +106,9 @@ pub fn servable(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<Ser
         name: item(dict, "name")?,
         version: item(dict, "version")?,
         models: dicts(dict, "models")?.iter().map(model).collect::<PyResult<_>>()?,
-        methods: dicts(dict, "methods")?.iter().map(|m| method(m, executor)).collect::<PyResult<_>>()?,
+        methods: dicts(dict, "methods")?
+            .iter()
+            .map(|m| method(m, executor))
+            .collect::<PyResult<_>>()?,
     })
 }

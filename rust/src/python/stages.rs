@@ -39,20 +39,29 @@ impl Call<'_> {
 
     fn raised(&self, py: Python<'_>, err: &PyErr) -> Failure {
         let traceback = err.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
-        tracing::warn!("{}: stage {} raised {err}\n{traceback}", self.call.method, self.call.tag);
-        let text = err.value(py).str().map(|s| s.to_string()).unwrap_or_else(|_| err.to_string());
+        tracing::warn!(
+            "{}: stage {} raised {err}\n{traceback}",
+            self.call.method,
+            self.call.tag
+        );
+        let text = err.value(py).str().map_or_else(|_| err.to_string(), |s| s.to_string());
         Failure::Raised(text)
     }
 
-    fn args<'py>(&self, py: Python<'py>, inputs: &[Tensor]) -> Result<Bound<'py, PyTuple>, Failure> {
+    fn args<'py>(py: Python<'py>, inputs: &[Tensor]) -> Result<Bound<'py, PyTuple>, Failure> {
         let values = inputs.iter().map(|t| tensor_to_py(py, t)).collect::<PyResult<Vec<_>>>();
-        values.and_then(|v| PyTuple::new(py, v)).map_err(|e| Failure::Contract(format!("input conversion failed: {e}")))
+        values
+            .and_then(|v| PyTuple::new(py, v))
+            .map_err(|e| Failure::Contract(format!("input conversion failed: {e}")))
     }
 
     /// One instance's return value -> its output tensors.
     fn outputs(&self, value: &Bound<'_, PyAny>) -> Result<Vec<Tensor>, Failure> {
         let items: Vec<Bound<'_, PyAny>> = if value.is_instance_of::<PyTuple>() || value.is_instance_of::<PyList>() {
-            value.try_iter().and_then(Iterator::collect).map_err(|e| Failure::Contract(e.to_string()))?
+            value
+                .try_iter()
+                .and_then(Iterator::collect)
+                .map_err(|e| Failure::Contract(e.to_string()))?
         } else {
             vec![value.clone()]
         };
@@ -68,14 +77,16 @@ impl Call<'_> {
         }
         items
             .iter()
-            .map(|item| py_to_tensor(item).map_err(|e| Failure::Contract(format!("Push py task result cause exception: {e}"))))
+            .map(|item| {
+                py_to_tensor(item).map_err(|e| Failure::Contract(format!("Push py task result cause exception: {e}")))
+            })
             .collect()
     }
 
     fn per_instance(&self, py: Python<'_>, function: &Bound<'_, PyAny>) -> Result<Vec<InstanceResult>, Failure> {
         let mut results = Vec::with_capacity(self.call.instances.len());
         for inputs in &self.call.instances {
-            let args = self.args(py, inputs)?;
+            let args = Self::args(py, inputs)?;
             match function.call1(args) {
                 Ok(value) => results.push(Ok(self.outputs(&value)?)),
                 Err(err) => match self.raised(py, &err) {
@@ -88,10 +99,19 @@ impl Call<'_> {
     }
 
     /// Calls a batch function on `indices` and keeps calling it on the rest when a generator raises.
-    fn batch(&self, py: Python<'_>, function: &Bound<'_, PyAny>, indices: &[usize], results: &mut [Option<InstanceResult>]) -> Result<(), Failure> {
+    fn batch(
+        &self,
+        py: Python<'_>,
+        function: &Bound<'_, PyAny>,
+        indices: &[usize],
+        results: &mut [Option<InstanceResult>],
+    ) -> Result<(), Failure> {
         let mut pending = indices;
         while !pending.is_empty() {
-            let args = pending.iter().map(|&i| self.args(py, &self.call.instances[i])).collect::<Result<Vec<_>, _>>()?;
+            let args = pending
+                .iter()
+                .map(|&i| Self::args(py, &self.call.instances[i]))
+                .collect::<Result<Vec<_>, _>>()?;
             let list = PyList::new(py, args).map_err(|e| Failure::Contract(e.to_string()))?;
             let returned = match function.call1((list,)).and_then(|r| r.try_iter()) {
                 Ok(iter) => iter,
@@ -99,7 +119,9 @@ impl Call<'_> {
                     let text = match self.raised(py, &err) {
                         Failure::Raised(text) | Failure::Contract(text) => text,
                     };
-                    pending.iter().for_each(|&i| results[i] = Some(Err(self.error(&text))));
+                    for &i in pending {
+                        results[i] = Some(Err(self.error(&text)));
+                    }
                     return Ok(());
                 }
             };
@@ -138,7 +160,12 @@ impl Call<'_> {
         Ok(())
     }
 
-    fn batched(&self, py: Python<'_>, function: &Bound<'_, PyAny>, batch_size: usize) -> Result<Vec<InstanceResult>, Failure> {
+    fn batched(
+        &self,
+        py: Python<'_>,
+        function: &Bound<'_, PyAny>,
+        batch_size: usize,
+    ) -> Result<Vec<InstanceResult>, Failure> {
         let n = self.call.instances.len();
         let mut results: Vec<Option<InstanceResult>> = vec![None; n];
         let all: Vec<usize> = (0..n).collect();
@@ -162,7 +189,13 @@ pub fn run(py: Python<'_>, functions: &FunctionTable, call: FunctionCall) -> Vec
         table.get(call.function.0).map(|f| f.clone_ref(py))
     };
     let Some(function) = function else {
-        return vec![Err(ServeError::Internal(format!("stage function {} is not registered", call.name))); n];
+        return vec![
+            Err(ServeError::Internal(format!(
+                "stage function {} is not registered",
+                call.name
+            )));
+            n
+        ];
     };
     let function = function.into_bound(py);
     CURRENT_MODELS.with(|c| *c.borrow_mut() = Some(call.models.clone()));
@@ -192,17 +225,25 @@ pub fn model_call(
 ) -> PyResult<Vec<Py<PyTuple>>> {
     let current = CURRENT_MODELS.with(|c| c.borrow().clone());
     let Some(models) = current else {
-        return Err(super::ModelCallError::new_err("it can only be used inside a Python stage while serving"));
+        return Err(super::ModelCallError::new_err(
+            "it can only be used inside a Python stage while serving",
+        ));
     };
-    let index = models.by_key.get(model_key).copied().ok_or_else(|| {
-        super::ModelCallError::new_err(format!("the model is not declared, model: {model_key}"))
-    })?;
-    let queue = models.queue(index, 0).and_then(|_| models.queue(index, subgraph)).cloned().ok_or_else(|| {
-        let count = models.queues.get(index).map_or(0, Vec::len);
-        super::ModelCallError::new_err(format!(
-            "The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}"
-        ))
-    })?;
+    let index = models
+        .by_key
+        .get(model_key)
+        .copied()
+        .ok_or_else(|| super::ModelCallError::new_err(format!("the model is not declared, model: {model_key}")))?;
+    let queue = models
+        .queue(index, 0)
+        .and_then(|_| models.queue(index, subgraph))
+        .cloned()
+        .ok_or_else(|| {
+            let count = models.queues.get(index).map_or(0, Vec::len);
+            super::ModelCallError::new_err(format!(
+                "The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}"
+            ))
+        })?;
     if instances.is_empty() {
         return Err(super::ModelCallError::new_err("Input instances count is 0"));
     }
@@ -225,7 +266,8 @@ pub fn model_call(
             .into_iter()
             .map(|rx| {
                 rx.and_then(|rx| {
-                    rx.blocking_recv().unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
+                    rx.blocking_recv()
+                        .unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
                 })
             })
             .collect()
@@ -234,7 +276,10 @@ pub fn model_call(
         .into_iter()
         .map(|result| {
             let outputs = result.map_err(|e| super::ModelCallError::new_err(e.message().to_string()))?;
-            let values = outputs.iter().map(|t| tensor_to_py(py, t)).collect::<PyResult<Vec<_>>>()?;
+            let values = outputs
+                .iter()
+                .map(|t| tensor_to_py(py, t))
+                .collect::<PyResult<Vec<_>>>()?;
             Ok(PyTuple::new(py, values)?.unbind())
         })
         .collect()

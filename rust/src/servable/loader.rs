@@ -34,15 +34,15 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
                 .map_err(|e| context(e.message().to_string()))?;
             subgraphs.push(Arc::new(queue));
         }
-        if let Some(first) = subgraphs.first() {
-            if let Some(other) = subgraphs.iter().find(|q| q.batch_size() != first.batch_size()) {
-                return Err(context(format!(
-                    "the subgraphs of model '{}' disagree on batch size: {} vs {}",
-                    model.key,
-                    first.batch_size(),
-                    other.batch_size()
-                )));
-            }
+        if let Some(first) = subgraphs.first()
+            && let Some(other) = subgraphs.iter().find(|q| q.batch_size() != first.batch_size())
+        {
+            return Err(context(format!(
+                "the subgraphs of model '{}' disagree on batch size: {} vs {}",
+                model.key,
+                first.batch_size(),
+                other.batch_size()
+            )));
         }
         models.by_key.insert(model.key.clone(), index);
         models.queues.push(subgraphs);
@@ -84,5 +84,10 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
         };
         methods.insert(plan.spec.name.clone(), Arc::new(plan));
     }
-    Ok(ServableVersion { name: spec.name, version: spec.version, models, methods })
+    Ok(ServableVersion {
+        name: spec.name,
+        version: spec.version,
+        models,
+        methods,
+    })
 }

@@ -14,15 +14,25 @@ pub struct Registry {
 impl Registry {
     /// Adds or replaces a servable version.
     pub fn insert(&self, servable: ServableVersion) {
-        let mut table = self.servables.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        table.entry(servable.name.clone()).or_default().insert(servable.version, Arc::new(servable));
+        let mut table = self
+            .servables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        table
+            .entry(servable.name.clone())
+            .or_default()
+            .insert(servable.version, Arc::new(servable));
     }
 
     /// The requested version, or the newest one for version 0.
     pub fn get(&self, name: &str, version: u64) -> Option<Arc<ServableVersion>> {
         let table = self.servables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let versions = table.get(name)?;
-        if version == 0 { versions.values().next_back().cloned() } else { versions.get(&version).cloned() }
+        if version == 0 {
+            versions.values().next_back().cloned()
+        } else {
+            versions.get(&version).cloned()
+        }
     }
 
     /// Every loaded version, sorted by name then version.
@@ -41,7 +51,10 @@ impl Registry {
 
     /// Drops every servable (their model threads stop when the last request holding them ends).
     pub fn clear(&self) {
-        self.servables.write().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.servables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -51,7 +64,12 @@ mod tests {
     use crate::pipeline::ModelSet;
 
     fn version(name: &str, version: u64) -> ServableVersion {
-        ServableVersion { name: name.into(), version, models: Arc::new(ModelSet::default()), methods: HashMap::new() }
+        ServableVersion {
+            name: name.into(),
+            version,
+            models: Arc::new(ModelSet::default()),
+            methods: HashMap::new(),
+        }
     }
 
     #[test]

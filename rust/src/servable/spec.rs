@@ -39,8 +39,15 @@ pub struct FunctionId(pub usize);
 /// What a stage runs.
 #[derive(Clone, Debug)]
 pub enum StageKind {
-    Model { model: usize, subgraph: usize },
-    Function { function: FunctionId, name: String, batch_size: Option<usize> },
+    Model {
+        model: usize,
+        subgraph: usize,
+    },
+    Function {
+        function: FunctionId,
+        name: String,
+        batch_size: Option<usize>,
+    },
 }
 
 /// One `add_stage` call.
@@ -75,7 +82,11 @@ pub struct ServableSpec {
 impl MethodSpec {
     /// How many values stage `stage` provides (method inputs for 0).
     pub fn outputs_of(&self, stage: usize) -> Option<usize> {
-        if stage == 0 { Some(self.inputs.len()) } else { self.stages.get(stage - 1).map(|s| s.outputs_count) }
+        if stage == 0 {
+            Some(self.inputs.len())
+        } else {
+            self.stages.get(stage - 1).map(|s| s.outputs_count)
+        }
     }
 
     /// Checks that every source points at an earlier stage's existing output.
@@ -125,7 +136,11 @@ mod tests {
 
     fn fstage(inputs: Vec<Source>) -> StageSpec {
         StageSpec {
-            kind: StageKind::Function { function: FunctionId(0), name: "s.f".into(), batch_size: None },
+            kind: StageKind::Function {
+                function: FunctionId(0),
+                name: "s.f".into(),
+                batch_size: None,
+            },
             inputs,
             outputs_count: 1,
             tag: "Function 's.f'".into(),
@@ -134,9 +149,15 @@ mod tests {
 
     #[test]
     fn sources_must_point_backwards() {
-        let ok = method(vec![fstage(vec![Source { stage: 0, index: 0 }])], vec![Source { stage: 1, index: 0 }]);
+        let ok = method(
+            vec![fstage(vec![Source { stage: 0, index: 0 }])],
+            vec![Source { stage: 1, index: 0 }],
+        );
         assert!(ok.check_sources().is_ok());
-        let forward = method(vec![fstage(vec![Source { stage: 1, index: 0 }])], vec![Source { stage: 1, index: 0 }]);
+        let forward = method(
+            vec![fstage(vec![Source { stage: 1, index: 0 }])],
+            vec![Source { stage: 1, index: 0 }],
+        );
         assert!(forward.check_sources().unwrap_err().contains("stage 1 input"));
         let bad_index = method(vec![], vec![Source { stage: 0, index: 1 }]);
         assert!(bad_index.check_sources().is_err());
