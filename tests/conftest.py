@@ -766,7 +766,7 @@ def with_deadline(fn: Callable[[], Any], timeout: float = RPC_TIMEOUT_S) -> Any:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as exc:  # re-raised in the calling thread
             box["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -855,14 +855,20 @@ def rest(server: ServerProcess, _session_rest: Rest) -> Rest:
 
 
 @pytest.fixture
-def make_client(server: ServerProcess) -> Callable[..., DeadlineClient]:
+def make_client(server: ServerProcess) -> Iterator[Callable[..., DeadlineClient]]:
     """Factory: `make_client(servable, method, version_number=0)` -> our Client on the session server."""
     from rustserve.client import Client
 
-    def factory(servable: str, method: str, version_number: int = 0) -> DeadlineClient:
-        return DeadlineClient(Client(server.grpc_address, servable, method, version_number=version_number))
+    made: list[Any] = []
 
-    return factory
+    def factory(servable: str, method: str, version_number: int = 0) -> DeadlineClient:
+        client = Client(server.grpc_address, servable, method, version_number=version_number)
+        made.append(client)
+        return DeadlineClient(client)
+
+    yield factory
+    for client in made:
+        client.close()
 
 
 @pytest.fixture

@@ -247,6 +247,23 @@ def test_signal_stops_cleanly(
     assert server.stop(sig) == 0, server.describe()
 
 
+def test_sigterm_right_after_the_ready_line(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess]
+) -> None:
+    """A SIGTERM that arrives as soon as the ready line is printed still stops the server with exit code 0."""
+    config = """
+    from rustserve.server import register
+
+    @register.register_method(output_names=["y"])
+    def echo(x):
+        return x
+    """
+    folder = make_servable("echo", config)
+    for _ in range(5):
+        server = start_server(folder.parent)
+        assert server.stop(signal.SIGTERM) == 0, server.describe()
+
+
 def test_console_script(
     make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], pb2_modules: tuple[Any, Any]
 ) -> None:

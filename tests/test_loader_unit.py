@@ -523,6 +523,7 @@ def fake_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     module = types.ModuleType("rustserve._rustserve")
     module.Server = FakeServer  # type: ignore[attr-defined]
     module.init_onnxruntime = inits.append  # type: ignore[attr-defined]
+    module.init_logging = lambda level="info": None  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "rustserve._rustserve", module)
     FakeServer.instances.clear()
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -644,6 +645,11 @@ def test_bind_failure_is_a_runtime_error(fake_native: list[str], capsys: pytest.
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _without_startup_time(out: str) -> str:
+    """Drops the ready line's ` in 0.12 s` suffix, the one part that differs between runs."""
+    return re.sub(r" in \d+\.\d\d s$", "", out, flags=re.MULTILINE)
+
+
 def test_cli_serves_every_version(add_dir: Path, fake_native: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     write_servable(add_dir, "pystages", NO_MODEL_CONFIG)
     stopper = threading.Timer(0.3, server.stop)
@@ -656,7 +662,7 @@ def test_cli_serves_every_version(add_dir: Path, fake_native: list[str], capsys:
     (native,) = FakeServer.instances
     assert [(spec["name"], spec["version"]) for spec in native.specs] == [("add", 1), ("add", 2), ("pystages", 1)]
     assert native.stopped
-    assert capsys.readouterr().out.splitlines() == [
+    assert _without_startup_time(capsys.readouterr().out).splitlines() == [
         "Serving: Serving gRPC server start success, listening on 127.0.0.1:6000",
         "Serving: Serving RESTful server start success, listening on 127.0.0.1:6001",
         "rustserve: serving 3 servable version(s) (add v1, add v2, pystages v1) on gRPC 127.0.0.1:6000, "
@@ -675,7 +681,8 @@ def test_cli_selected_servable_without_listeners(
     finally:
         stopper.cancel()
     assert code == 0
-    assert capsys.readouterr().out == "rustserve: serving 1 servable version(s) (pystages v1) on no listener\n"
+    out = _without_startup_time(capsys.readouterr().out)
+    assert out == "rustserve: serving 1 servable version(s) (pystages v1) on no listener\n"
 
 
 def test_cli_start_failures(tmp_path: Path, fake_native: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -731,6 +738,7 @@ class Server:
 fake = types.ModuleType("rustserve._rustserve")
 fake.Server = Server
 fake.init_onnxruntime = lambda path: None
+fake.init_logging = lambda level="info": None
 sys.modules["rustserve._rustserve"] = fake
 """
 

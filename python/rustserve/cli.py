@@ -76,6 +76,7 @@ def _start(args: argparse.Namespace) -> int:
 
     directory = os.path.abspath(args.dir)
     started = time.monotonic()
+    server._serve_in_foreground()
     try:
         server._native().init_logging(args.log_level)
         names = args.servable or _loader.discover_servables(directory)

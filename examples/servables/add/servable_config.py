@@ -7,16 +7,17 @@ from rustserve.server import register
 model = register.declare_model(model_file="add.onnx", model_format="ONNX", with_batch_dim=False)
 
 
-def add_trans_datatype(x1, x2):
+def add_trans_datatype(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Casts both inputs to float32, the model's input type."""
     return x1.astype(np.float32), x2.astype(np.float32)
 
 
-def cast_like(y, like):
+def cast_like(y: np.ndarray, like: np.ndarray) -> np.ndarray:
     """Casts the model output back to the dtype of the original input."""
     return y.astype(like.dtype)
 
 
+# Method bodies run once at start-up with placeholders, recording the stages; they never see data.
 @register.register_method(output_names=["y"])
 def add_common(x1, x2):
     y = register.add_stage(model, x1, x2, outputs_count=1)

@@ -15,7 +15,7 @@ from rustserve.server import register
 model = register.declare_model(model_file="digits.onnx", model_format="ONNX", with_batch_dim=True, max_batch_size=32)
 
 
-def preprocess(image):
+def preprocess(image: np.ndarray | bytes) -> np.ndarray:
     """Decodes the image, converts it to 8x8 grayscale and scales ink to the model's [0, 1] (data set 0..16 / 16)."""
     data = image.tobytes() if isinstance(image, np.ndarray) else bytes(image)
     with Image.open(io.BytesIO(data)) as picture:
@@ -27,7 +27,7 @@ def preprocess(image):
     return (levels / 16.0).reshape(64).astype(np.float32)
 
 
-def postprocess(probs):
+def postprocess(probs: np.ndarray) -> tuple[np.int64, np.float32]:
     """The most probable digit (int64 scalar) and its probability (float32 scalar)."""
     label = int(np.argmax(probs))
     return np.int64(label), np.float32(probs[label])

@@ -278,6 +278,7 @@ class _State:
         self.keeper: threading.Thread | None = None
         self.previous_handlers: dict[int, Any] = {}
         self.main_waiting = False
+        self.foreground = False  # the main thread only serves (the CLI): a signal just stops, it never raises
         self.atexit_registered = False
 
 
@@ -309,7 +310,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     previous = _state.previous_handlers.get(signum)
     _logger.warning("Serving server begin to exit: receive exit signal %s", signal.Signals(signum).name)
     stop()
-    if _state.main_waiting or not threading.main_thread().is_alive():
+    if _state.main_waiting or _state.foreground or not threading.main_thread().is_alive():
         return  # `rustserve start`, or a script that returned: stopping is all there is to do
     # The main thread still runs user code: give the signal its usual effect there too.
     if callable(previous):
@@ -347,6 +348,12 @@ def _keep_serving() -> None:
         if not _state.atexit_registered:
             atexit.register(stop)
             _state.atexit_registered = True
+
+
+def _serve_in_foreground() -> None:
+    """Marks the main thread as a pure server (`rustserve start`): SIGINT/SIGTERM then only stop the server,
+    even when they arrive before `_wait_for_stop` is reached."""
+    _state.foreground = True
 
 
 def _wait_for_stop() -> None:

@@ -11,6 +11,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString
 
 static FROMBUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASCONTIGUOUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NP_GENERIC: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
 
 fn numpy_fn<'py>(
@@ -85,37 +86,33 @@ fn illegal(obj: &Bound<'_, PyAny>) -> String {
 
 /// Converts a numpy array into an owned tensor (copies the data; non-contiguous arrays are made contiguous).
 pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
-    let py = obj.py();
-    let contiguous = numpy_fn(py, &ASCONTIGUOUS, "ascontiguousarray")
-        .and_then(|f| f.call1((obj,)))
-        .map_err(|e| format!("cannot read numpy array: {e}"))?;
-    let array = contiguous.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
+    let array = obj.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
+    // Read the shape here: `ascontiguousarray` turns a 0-d array into a 1-d one.
+    let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
     let descr = array.dtype();
     let dtype = dtype_of(descr.kind(), descr.itemsize()).ok_or_else(|| {
-        format!(
-            "{}, numpy dtype '{}' is not supported",
-            illegal(obj),
-            descr.str().map(|s| s.to_string()).unwrap_or_default()
-        )
+        let name = descr.str().map(|s| s.to_string()).unwrap_or_default();
+        format!("{}, numpy dtype '{name}' is not supported", illegal(obj))
     })?;
-    if descr.is_native_byteorder() == Some(false) {
-        // Big-endian input: let numpy swap it, then read again.
-        let swapped = contiguous
-            .call_method1("astype", (dtype.numpy_name(),))
-            .map_err(|e| format!("cannot convert byte order: {e}"))?;
-        return numpy_to_tensor(&swapped);
-    }
-    let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
+    let native = if descr.is_native_byteorder() == Some(false) {
+        obj.call_method1("astype", (dtype.numpy_name(),)).map_err(|e| format!("cannot convert byte order: {e}"))?
+    } else {
+        obj.clone()
+    };
+    let contiguous = if native.cast::<PyUntypedArray>().is_ok_and(|a| a.is_c_contiguous()) {
+        native
+    } else {
+        numpy_fn(obj.py(), &ASCONTIGUOUS, "ascontiguousarray")
+            .and_then(|f| f.call1((native,)))
+            .map_err(|e| format!("cannot read numpy array: {e}"))?
+    };
+    let array = contiguous.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
     let nbytes = crate::tensor::element_count(&shape).unwrap_or(0) * descr.itemsize();
-    // SAFETY: `array` is a C-contiguous, native-order numpy array that we hold a reference to (so its buffer
-    // stays alive and unmoved while attached); its data pointer addresses exactly `nbytes` bytes.
+    // SAFETY: `array` is a C-contiguous, native-order numpy array with `shape`'s element count that we hold a
+    // reference to (its buffer stays alive and unmoved while attached); its data pointer addresses `nbytes` bytes.
     let raw = unsafe {
         let data = (*array.as_array_ptr()).fields.data as *const u8;
-        if nbytes == 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts(data, nbytes).to_vec()
-        }
+        if nbytes == 0 { Vec::new() } else { std::slice::from_raw_parts(data, nbytes).to_vec() }
     };
     Tensor::from_raw(dtype, shape, raw)
 }
@@ -149,10 +146,8 @@ pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
     }
     let generic = NP_GENERIC.import(py, "numpy", "generic").map_err(|e| e.to_string())?;
     if obj.is_instance(generic).unwrap_or(false) {
-        let array = numpy_fn(py, &ASCONTIGUOUS, "ascontiguousarray")
-            .and_then(|f| f.call1((obj,)))
-            .and_then(|a| a.call_method1("reshape", (PyTuple::empty(py),)))
-            .map_err(|e| e.to_string())?;
+        // A numpy scalar is a 0-d tensor of its dtype.
+        let array = numpy_fn(py, &ASARRAY, "asarray").and_then(|f| f.call1((obj,))).map_err(|e| e.to_string())?;
         return numpy_to_tensor(&array);
     }
     if obj.hasattr("asnumpy").unwrap_or(false) {
