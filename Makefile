@@ -37,6 +37,7 @@ lint: venv
 	cargo clippy --lib -- -D warnings
 	$(VENV)/bin/ruff check python tests examples
 	$(VENV)/bin/ruff format --check python tests examples
+	$(VENV)/bin/mypy python/rustserve --ignore-missing-imports
 	$(PY) -m mypy.stubtest rustserve._rustserve
 
 format:

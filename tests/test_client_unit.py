@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from rustserve.client import Client, ClientError, ClientGrpcAsyncResult, SSLConfig
 from rustserve.client._codec import MalformedReplyError, decode_reply, encode_request, encode_servable_spec
 from rustserve.client._proto.mindspore.serving import proto as bp

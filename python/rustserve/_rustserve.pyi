@@ -1,7 +1,20 @@
 """Type stubs for the native extension `rustserve._rustserve` (built from rust/src by maturin)."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "ModelCallError",
+    "RustServeError",
+    "ServableStartError",
+    "Server",
+    "ServerStartError",
+    "__version__",
+    "init_logging",
+    "init_onnxruntime",
+    "model_call",
+    "onnx_signature",
+]
 
 __version__: str
 
@@ -26,10 +39,11 @@ def onnx_signature(model_path: str) -> dict[str, list[dict[str, Any]]]:
     Dims that are symbolic are reported as -1.
     """
 
+@final
 class Server:
     """The native server: servables, executors and the gRPC / REST listeners, on a private tokio runtime."""
 
-    def __init__(self, worker_threads: int = 0) -> None: ...
+    def __new__(cls, worker_threads: int = 0) -> Server: ...
     def add_servables(self, specs: Sequence[dict[str, Any]]) -> None:
         """Loads and validates servable versions described by spec dicts (see rustserve.server._spec)."""
     def start_grpc(self, address: str, max_msg_mb_size: int) -> int:
@@ -44,3 +58,6 @@ class Server:
 
 def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """Runs a declared model on per-instance inputs through its batcher (used by `Model.call`)."""
+
+def init_logging(level: str = "info") -> None:
+    """Routes rustserve's log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); first call wins."""
