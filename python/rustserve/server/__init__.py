@@ -391,6 +391,8 @@ def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
             from rustserve.server import _ort
 
             native.init_onnxruntime(_ort.find_onnxruntime_library())
+            if any(model["device_type"] == "gpu" for spec in specs for model in spec["models"]):
+                _ort.preload_cuda_libraries()
         _get_server().add_servables(list(specs))
     except Exception as exc:
         raise _as_runtime_error(exc, error_prefix) from exc

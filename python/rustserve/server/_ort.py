@@ -7,12 +7,18 @@ importing it would only cost memory.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import importlib.util
+import logging
 import os
 import re
 
-__all__ = ["cuda_provider_available", "find_onnxruntime_library"]
+__all__ = ["cuda_provider_available", "find_onnxruntime_library", "preload_cuda_libraries"]
+
+_logger = logging.getLogger("rustserve")
+# Libraries the CUDA execution provider needs (its DT_NEEDED entries plus cuDNN), in dependency order.
+_CUDA_LIBRARIES = ("cudart", "cublasLt", "cublas", "curand", "cufft", "cudnn")
 
 _INSTALL_HINT = "install rustserve[cpu] (onnxruntime) or rustserve[gpu] (onnxruntime-gpu)"
 # Linux wheels ship libonnxruntime.so.<full version>; macOS and Windows names for completeness.
@@ -67,3 +73,43 @@ def cuda_provider_available() -> bool:
     """
     capi = _capi_dir()
     return any(os.path.isfile(os.path.join(capi, name)) for name in _CUDA_PROVIDER_PATTERNS)
+
+
+def _nvidia_library_dirs() -> list[str]:
+    """`lib` folders of the nvidia-* wheels (nvidia-cublas, nvidia-cudnn-cu13, ...), the GPU wheel's [cuda,cudnn]."""
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return []
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    found: list[str] = []
+    for root in roots:
+        found.extend(sorted(glob.glob(os.path.join(root, "*", "lib")) + glob.glob(os.path.join(root, "*", "*", "lib"))))
+    return found
+
+
+def preload_cuda_libraries() -> list[str]:
+    """Loads the CUDA and cuDNN libraries of the installed nvidia-* wheels into the process, globally.
+
+    ONNX Runtime's CUDA provider finds its dependencies by SONAME; a library already loaded under that name is used,
+    so this makes a GPU server work without LD_LIBRARY_PATH. Libraries that are missing are skipped: the provider
+    then reports exactly which one it could not find. Call before the first GPU model is loaded.
+
+    Returns:
+        The paths that were loaded.
+    """
+    loaded: list[str] = []
+    directories = _nvidia_library_dirs()
+    for name in _CUDA_LIBRARIES:
+        for directory in directories:
+            candidates = sorted(glob.glob(os.path.join(directory, f"lib{name}.so.*")), key=len)
+            if not candidates:
+                continue
+            try:
+                ctypes.CDLL(candidates[0], mode=ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                _logger.warning("cannot preload %s: %s", candidates[0], exc)
+                continue
+            loaded.append(candidates[0])
+            break
+    return loaded
