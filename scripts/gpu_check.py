@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 def _matmul_model(path: str, n: int) -> None:
     rng = np.random.default_rng(0)
-    weight = rng.standard_normal((n, n), dtype=np.float32) / np.sqrt(n)
+    weight = (rng.standard_normal((n, n), dtype=np.float32) / np.sqrt(n)).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
         "mm",
