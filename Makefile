@@ -8,7 +8,7 @@ CARGO_TEST_TARGET ?= target/cargo-test
 PY_LIBDIR = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 PY_SITE = $(shell $(PY) -c 'import site; print(site.getsitepackages()[0])')
 
-.PHONY: ci venv build-dev test test-rust test-python lint format bench proto clean
+.PHONY: ci venv build-dev test test-rust test-python docs-test lint format bench proto clean
 
 ci: venv build-dev test
 
@@ -32,6 +32,10 @@ test-rust: venv
 test-python: venv
 	$(PY) -m pytest -q
 
+# Runs every code block of docs/, README.md and examples/README.md (also part of test-python).
+docs-test: venv
+	$(PY) -m pytest -q tests/test_docs.py
+
 lint: venv
 	cargo fmt --check
 	cargo clippy --lib -- -D warnings
@@ -48,8 +52,12 @@ format:
 proto: venv
 	bash scripts/gen_proto.sh
 
-bench:
-	CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) cargo bench --bench codecs
+# Criterion benches (codecs, batcher), then benches/compare.py: rustserve vs in-process ONNX Runtime vs FastAPI/grpcio
+# on loopback (release wheel, needs Debian's wrk). BENCH_ARGS=--quick for a short smoke run; see benches/README.md.
+bench: venv
+	CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) cargo bench --bench codecs --bench batcher
+	$(PY) benches/micro.py
+	$(PY) benches/compare.py $(BENCH_ARGS)
 
 clean:
 	rm -rf target python/rustserve/*.so

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from rustserve.client import Client
 
-DEFAULT_ADDRESS = "127.0.0.1:5500"
+# The server's gRPC address; $RUSTSERVE_GRPC_ADDRESS overrides the default (as for `rustserve infer`).
+DEFAULT_ADDRESS = os.environ.get("RUSTSERVE_GRPC_ADDRESS", "127.0.0.1:5500")
 
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 

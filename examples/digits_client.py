@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 
 from rustserve.client import Client
 
-DEFAULT_ADDRESS = "127.0.0.1:5500"
+# The server's gRPC address; $RUSTSERVE_GRPC_ADDRESS overrides the default (as for `rustserve infer`).
+DEFAULT_ADDRESS = os.environ.get("RUSTSERVE_GRPC_ADDRESS", "127.0.0.1:5500")
 HOLDOUT_EVERY = 5  # the rule of examples/build_models.py
 MIN_ACCURACY = 0.9
 

@@ -105,6 +105,8 @@ def test_load_newest_version_spec(add_dir: Path) -> None:
         "name": "add",
         "version": 2,
         "version_dir": version_dir,
+        "servable_directory": str(add_dir),
+        "num_parallel_workers": 0,
         "models": [
             {
                 "key": "add.onnx",
@@ -112,6 +114,8 @@ def test_load_newest_version_spec(add_dir: Path) -> None:
                 "with_batch_dim": False,
                 "without_batch_dim_inputs": [],
                 "max_batch_size": None,
+                "max_queue_delay_ms": None,
+                "preferred_batch_sizes": [],
                 "device_type": "cpu",
                 "device_ids": [],
                 "intra_op_threads": None,
@@ -512,6 +516,9 @@ class FakeServer:
         self.listeners.append(("rest", address, max_msg_mb_size))
         return int(address.rsplit(":", 1)[1])
 
+    def set_repository(self, loader: Any) -> None:
+        self.repository = loader
+
     def stop(self) -> None:
         self.stopped = True
 
@@ -732,6 +739,8 @@ class Server:
         return 1
     def start_rest(self, address, size):
         return 1
+    def set_repository(self, loader):
+        pass
     def stop(self):
         print("native stop", flush=True)
 

@@ -1,6 +1,6 @@
 """Type stubs for the native extension `rustserve._rustserve` (built from rust/src by maturin)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "init_onnxruntime",
     "model_call",
     "onnx_signature",
+    "run_worker",
 ]
 
 __version__: str
@@ -55,9 +56,29 @@ class Server:
     def stop(self) -> None:
         """Stops the listeners and executors; idempotent."""
     def is_running(self) -> bool: ...
+    def set_repository(self, loader: Any) -> None:
+        """Installs the model repository of the Open Inference Protocol's repository extension.
+
+        `loader.names()` lists the servable names it holds; `loader.load(name)` returns the spec dicts of every version
+        of one servable. Both are called on a blocking thread.
+        """
+    def worker_pids(self) -> list[int]:
+        """Pids of the running Python worker processes (a restarting worker has none for a moment)."""
 
 def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """Runs a declared model on per-instance inputs through its batcher (used by `Model.call`)."""
 
 def init_logging(level: str = "info") -> None:
     """Routes rustserve's log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); first call wins."""
+
+def run_worker(
+    socket_path: str,
+    functions: Sequence[tuple[str, int, str, Callable[..., Any]]],
+    error: str | None = None,
+) -> bool:
+    """The loop of a Python worker process (`python -m rustserve.worker`): serves the server's stage calls.
+
+    `functions` are (method, 1-based stage index, "<servable>.<name>", callable) as servable_config.py registered
+    them. With `error`, only reports to the server that the worker could not start. Returns False when the setup
+    failed, True after the server closed the connection.
+    """

@@ -1,21 +1,35 @@
-"""The `rustserve` command: `rustserve start --dir servables/` serves every servable and version under a directory.
+"""The `rustserve` command: serve a servable directory, call a method, list and check servables.
 
-Exit status: 0 after a clean stop (SIGINT/SIGTERM), 1 when start-up fails (the error goes to stderr), 2 for
-usage errors.
+* `rustserve start --dir DIR`: serves every servable and version under DIR until SIGINT/SIGTERM.
+* `rustserve infer --servable S --method M [--version N] name=value ...`: one gRPC call to a running server,
+  the result printed as JSON.
+* `rustserve list --dir DIR`: servables, versions, models and methods with input/output names, dtypes and shapes,
+  as read from the configs and the model files.
+* `rustserve check --dir DIR`: runs every start-up check (configs against model signatures) without serving.
+
+Exit status: 0 on success, 1 when start-up, a call or a check fails (the error goes to stderr, or into the report of
+`list` / `check`), 2 for usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "parse_assignment"]
 
 _DEFAULT_GRPC = "127.0.0.1:5500"
 _DEFAULT_REST = "127.0.0.1:1500"
+_ADDRESS_ENV = "RUSTSERVE_GRPC_ADDRESS"  # where `infer` (and the example clients) find the server by default
+_LOG_LEVEL_HELP = "log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it"
 
 
 def _version() -> str:
@@ -38,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rustserve", description="MindSpore-Serving-compatible model server.")
     parser.add_argument("--version", action="version", version=f"rustserve {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     start = commands.add_parser(
         "start",
         help="serve every servable (and every version) under a directory",
@@ -59,15 +74,70 @@ def _parser() -> argparse.ArgumentParser:
         "--device-ids", type=_device_ids, default=[], metavar="IDS", help="CUDA device ids for gpu, e.g. 0,1"
     )
     start.add_argument(
-        "--log-level",
-        default="info",
-        metavar="LEVEL",
-        help="log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it (default info)",
+        "--num-parallel-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Python stage executors per servable version, 0-64: N > 1 adds N - 1 worker processes next to the "
+        "server's Python thread (default 0: the Python thread only)",
     )
+    start.add_argument("--log-level", default="info", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default info)")
     start.add_argument(
         "--max-msg-mb-size", type=int, default=100, metavar="MB", help="largest message in MB (default 100)"
     )
+
+    infer = commands.add_parser(
+        "infer",
+        help="call a method of a running server over gRPC and print the result as JSON",
+        description="Send one instance to SERVABLE.METHOD over gRPC (MindSpore's MSService.Predict) and print the "
+        'outputs as a JSON object (keys sorted, arrays as nested lists, bytes as {"b64": ...}). Each input is '
+        "NAME=VALUE: a JSON number or array (integers become int32 and other numbers float32, as in MindSpore's "
+        "REST API; true/false become bool), @FILE for the bytes of a file, or any other text as a string. "
+        "NAME:DTYPE=VALUE picks the dtype, e.g. x1:float32=[[1,2],[3,4]]. Exit status 1 when the call fails.",
+    )
+    infer.add_argument("--servable", required=True, metavar="NAME", help="servable name")
+    infer.add_argument("--method", required=True, metavar="NAME", help="method name")
+    infer.add_argument("--version", type=int, default=0, metavar="N", help="servable version (default 0 = newest)")
+    infer.add_argument(
+        "--address",
+        default=os.environ.get(_ADDRESS_ENV, _DEFAULT_GRPC),
+        metavar="ADDR",
+        help=f"the server's gRPC address (default ${_ADDRESS_ENV} or {_DEFAULT_GRPC})",
+    )
+    infer.add_argument("inputs", nargs="*", metavar="NAME=VALUE", help="method inputs")
+
+    listing = commands.add_parser(
+        "list",
+        help="show servables, versions, models and methods (names, dtypes, shapes) without serving",
+        description="Import every servable_config.py under DIR and read the model files' signatures: print the "
+        "servables, versions, models and methods with input and output names, dtypes and per-instance shapes "
+        "('?' = any size; 'any' = decided by a Python stage).",
+    )
+    listing.add_argument("--dir", required=True, metavar="DIR", help="the servable directory")
+    listing.add_argument("--servable", action="append", metavar="NAME", help="only this servable (repeatable)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    listing.add_argument("--log-level", default="warn", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default warn)")
+
+    check = commands.add_parser(
+        "check",
+        help="validate servables against their models without serving",
+        description="Load every servable and version under DIR the way `rustserve start` does (import the "
+        "configs, open every model, check every method against the model signatures), report, and exit without "
+        "listening. Exit status 1 when any servable fails.",
+    )
+    check.add_argument("--dir", required=True, metavar="DIR", help="the servable directory")
+    check.add_argument("--servable", action="append", metavar="NAME", help="only this servable (repeatable)")
+    check.add_argument("--log-level", default="warn", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default warn)")
     return parser
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# start
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _method_line(method: Mapping[str, Any]) -> str:
+    return f"{method['name']}({', '.join(method['inputs'])}) -> {', '.join(method['output_names'])}"
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -82,13 +152,23 @@ def _start(args: argparse.Namespace) -> int:
         names = args.servable or _loader.discover_servables(directory)
         if not names:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
+        if not 0 <= args.num_parallel_workers <= 64:
+            raise RuntimeError(f"--num-parallel-workers must be in [0, 64], got {args.num_parallel_workers}")
         loader = _loader.ServableLoader()
         specs = []
         for name in names:
             specs.extend(
-                loader.load_all_versions(directory, name, device_type=args.device_type, device_ids=args.device_ids)
+                loader.load_all_versions(
+                    directory,
+                    name,
+                    device_type=args.device_type,
+                    device_ids=args.device_ids,
+                    num_parallel_workers=args.num_parallel_workers,
+                )
             )
         server._add_specs(specs)
+        # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
+        server._set_repository(directory, args.device_type, args.device_ids)
         listeners = []
         if not args.no_grpc:
             server.start_grpc_server(args.grpc, args.max_msg_mb_size)
@@ -102,11 +182,27 @@ def _start(args: argparse.Namespace) -> int:
         return 1
 
     versions = ", ".join(f"{spec['name']} v{spec['version']}" for spec in specs)
+    # NOTE: scripts and tests wait for this one stdout line ("rustserve: serving"); the details for people go to
+    # stderr, next to the log, so stdout stays one line per event.
     print(
         f"rustserve: serving {len(specs)} servable version(s) ({versions}) on {', '.join(listeners) or 'no listener'}"
         f" in {time.monotonic() - started:.2f} s",
         flush=True,
     )
+    lines = []
+    for spec in specs:
+        methods = "; ".join(_method_line(method) for method in spec["methods"])
+        lines.append(f"  {spec['name']} v{spec['version']}: {methods}")
+    if not args.no_grpc:
+        lines.append(
+            f"  gRPC: MindSpore MSService and KServe v2 on {args.grpc}; try `rustserve infer --address {args.grpc} ...`"
+        )
+    if not args.no_rest:
+        lines.append(f"  REST: POST http://{args.rest}/model/<servable>[/version/<n>]:<method>")
+        lines.append(f"  KServe v2: http://{args.rest}/v2/models/<servable>.<method>/infer; health /v2/health/ready")
+        lines.append(f"  metrics: http://{args.rest}/metrics")
+    lines.append("  stop with Ctrl-C (SIGINT) or SIGTERM")
+    print("\n".join(lines), file=sys.stderr, flush=True)
     try:
         server._wait_for_stop()
     except KeyboardInterrupt:
@@ -114,6 +210,312 @@ def _start(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# infer
+# ---------------------------------------------------------------------------------------------------------------
+
+_JSON_START = '[{-0123456789."'
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parses one `rustserve infer` input: `NAME=VALUE` or `NAME:DTYPE=VALUE`.
+
+    VALUE is `@PATH` (the file's bytes), a JSON number, bool or array (integers -> int32, other numbers ->
+    float32, bools -> bool, unless DTYPE says otherwise), a JSON string, or any other text (a string).
+
+    Args:
+        text: The command-line argument.
+
+    Returns:
+        (name, value) where value is a numpy array, bytes or str, ready for `Client.infer`.
+
+    Raises:
+        ValueError: The argument is malformed; the message says what is wrong.
+
+    Example:
+        >>> name, value = parse_assignment("x1=[[1.0, 2.0], [3.0, 4.0]]")
+        >>> name, value.dtype.name, value.shape
+        ('x1', 'float32', (2, 2))
+    """
+    import numpy as np
+
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"'{text}': expected NAME=VALUE (for example x=[1.0, 2.0], image=@cat.jpg)")
+    name, _, dtype_name = name.partition(":")
+    dtype = None
+    if dtype_name:
+        try:
+            dtype = np.dtype(dtype_name)
+        except TypeError:
+            raise ValueError(f"input '{name}': unknown dtype '{dtype_name}'") from None
+        if dtype.kind not in "biuf":
+            raise ValueError(f"input '{name}': dtype '{dtype_name}' is not a numeric or bool dtype")
+    if raw.startswith("@"):
+        if dtype is not None:
+            raise ValueError(f"input '{name}': @FILE sends bytes, a dtype does not apply")
+        try:
+            return name, Path(raw[1:]).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"input '{name}': cannot read '{raw[1:]}': {exc.strerror or exc}") from None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        if raw[:1] and raw[:1] in _JSON_START:
+            raise ValueError(f"input '{name}': invalid JSON '{raw}': {exc.msg} at column {exc.colno}") from None
+        value = raw
+    if isinstance(value, str):
+        if dtype is not None:
+            raise ValueError(f"input '{name}': a string cannot have dtype '{dtype_name}'")
+        return name, value
+    if value is None or isinstance(value, dict):
+        raise ValueError(f"input '{name}': expected a number, bool, array, string or @FILE, got '{raw}'")
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"input '{name}': the nested lists of '{raw}' are not a rectangular array") from None
+    if array.dtype.kind not in "biuf" and array.size:
+        raise ValueError(f"input '{name}': array elements must be numbers or bools (all of one kind), got '{raw}'")
+    if dtype is None:
+        dtype = {"b": np.dtype(np.bool_), "i": np.dtype(np.int32)}.get(array.dtype.kind, np.dtype(np.float32))
+        if array.dtype.kind == "i" and array.size and (array.min() < -(2**31) or array.max() >= 2**31):
+            raise ValueError(f"input '{name}': {raw} does not fit int32; give a dtype, e.g. {name}:int64=...")
+    converted = array.astype(dtype)
+    if array.size and dtype.kind in "iu" and array.dtype.kind in "iuf" and not np.array_equal(converted, array):
+        raise ValueError(f"input '{name}': {raw} is not representable as {dtype.name}")
+    return name, converted
+
+
+def _jsonable(value: Any) -> Any:
+    """A Client result value as JSON: arrays -> nested lists, bytes -> {"b64": ...}."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from rustserve.client import Client, ClientError
+
+    instance: dict[str, Any] = {}
+    try:
+        for text in args.inputs:
+            name, value = parse_assignment(text)
+            if name in instance:
+                raise ValueError(f"input '{name}' is given twice")
+            instance[name] = value
+    except ValueError as exc:
+        print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        with Client(args.address, args.servable, args.method, args.version, raise_on_error=True) as client:
+            result = client.infer([instance])
+    except (ClientError, RuntimeError) as exc:
+        print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if isinstance(result, dict):
+        print(f"rustserve: error: {result['error']}", file=sys.stderr, flush=True)
+        return 1
+    output = result[0] if result else {}
+    if "error" in output:
+        print(f"rustserve: error: {output['error']}", file=sys.stderr, flush=True)
+        return 1
+    # NOTE: the reply's output order is not the method's (a map on the wire): sorted keys make the line stable.
+    print(json.dumps({key: _jsonable(value) for key, value in output.items()}, sort_keys=True), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# list and check
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tensor:
+    """A method input or output as `list` shows it: dtype and per-instance shape, None = decided by Python."""
+
+    name: str
+    dtype: str | None = None
+    shape: list[int] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape}
+
+    def __str__(self) -> str:
+        if self.dtype is None:
+            return f"{self.name}: any"
+        return f"{self.name}: {self.dtype}{_shape_text(self.shape)}"
+
+
+def _shape_text(shape: Sequence[int] | None) -> str:
+    if shape is None:
+        return ""
+    return "[" + ", ".join("?" if dim < 0 else str(dim) for dim in shape) + "]"
+
+
+def _instance_io(model: dict[str, Any], io: dict[str, Any], index: int, is_input: bool) -> tuple[str, list[int]]:
+    """The dtype and per-instance shape of a model input/output (dim 0 dropped when the model batches it)."""
+    shape = list(io["shape"])
+    batched = model["with_batch_dim"] and not (is_input and index in model["without_batch_dim_inputs"])
+    return io["dtype"], shape[1:] if batched and shape else shape
+
+
+def _describe_version(spec: dict[str, Any], signature: Any) -> dict[str, Any]:
+    """One servable version as `list` reports it: its models and its methods' typed inputs and outputs."""
+    signatures = [[signature(path) for path in model["files"]] for model in spec["models"]]
+    models = [
+        {
+            "files": [os.path.basename(path) for path in model["files"]],
+            "with_batch_dim": model["with_batch_dim"],
+            "max_batch_size": model.get("max_batch_size"),
+            "subgraphs": [
+                {"inputs": subgraph["inputs"], "outputs": subgraph["outputs"]} for subgraph in signatures[index]
+            ],
+        }
+        for index, model in enumerate(spec["models"])
+    ]
+    methods = []
+    for method in spec["methods"]:
+        inputs = [_Tensor(name) for name in method["inputs"]]
+        # A method input gets the type of the first model input it feeds directly; Python stages accept anything.
+        for stage in method["stages"]:
+            if stage["kind"] != "model":
+                continue
+            model = spec["models"][stage["model"]]
+            model_inputs = signatures[stage["model"]][stage["subgraph"]]["inputs"]
+            for position, source in enumerate(stage["inputs"]):
+                target = inputs[source["index"]] if source["stage"] == 0 else None
+                if target is not None and target.dtype is None and position < len(model_inputs):
+                    target.dtype, target.shape = _instance_io(model, model_inputs[position], position, True)
+        outputs = []
+        for name, source in zip(method["output_names"], method["outputs"], strict=True):
+            tensor = _Tensor(name)
+            if source["stage"] == 0:
+                tensor.dtype, tensor.shape = inputs[source["index"]].dtype, inputs[source["index"]].shape
+            else:
+                stage = method["stages"][source["stage"] - 1]
+                if stage["kind"] == "model":
+                    model = spec["models"][stage["model"]]
+                    model_outputs = signatures[stage["model"]][stage["subgraph"]]["outputs"]
+                    if source["index"] < len(model_outputs):
+                        tensor.dtype, tensor.shape = _instance_io(
+                            model, model_outputs[source["index"]], source["index"], False
+                        )
+            outputs.append(tensor)
+        methods.append({"name": method["name"], "inputs": inputs, "outputs": outputs})
+    return {"version": spec["version"], "models": models, "methods": methods}
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    def ios(items: Sequence[dict[str, Any]]) -> str:
+        return ", ".join(f"{io['name']} {io['dtype']}{_shape_text(io['shape'])}" for io in items)
+
+    parts = [f"{ios(subgraph['inputs'])} -> {ios(subgraph['outputs'])}" for subgraph in model["subgraphs"]]
+    batch = f"with_batch_dim={model['with_batch_dim']}"
+    if model["with_batch_dim"] and model.get("max_batch_size"):
+        batch += f", max_batch_size={model['max_batch_size']}"
+    return f"model {';'.join(model['files'])} ({batch}): {' | '.join(parts)}"
+
+
+def _servable_names(args: argparse.Namespace, directory: str) -> list[str]:
+    from rustserve.server import _loader
+
+    names = args.servable or _loader.discover_servables(directory)
+    if not names:
+        raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
+    return names
+
+
+def _init_native(log_level: str) -> Any:
+    """The native module with logging and ONNX Runtime initialised."""
+    from rustserve.server import _native, _ort
+
+    native = _native()
+    native.init_logging(log_level)
+    native.init_onnxruntime(_ort.find_onnxruntime_library())
+    return native
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rustserve.server import _loader
+
+    directory = os.path.abspath(args.dir)
+    try:
+        names = _servable_names(args, directory)
+        native = _init_native(args.log_level)
+    except Exception as exc:
+        print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    report: list[dict[str, Any]] = []
+    for name in names:
+        entry: dict[str, Any] = {"name": name, "directory": os.path.join(directory, name), "versions": []}
+        try:
+            specs = _loader.ServableLoader().load_all_versions(directory, name)
+            entry["versions"] = [_describe_version(dict(spec), native.onnx_signature) for spec in specs]
+        except Exception as exc:
+            entry["error"] = str(exc)
+        report.append(entry)
+    if args.json:
+        for entry in report:
+            for version in entry["versions"]:
+                for method in version["methods"]:
+                    method["inputs"] = [tensor.as_dict() for tensor in method["inputs"]]
+                    method["outputs"] = [tensor.as_dict() for tensor in method["outputs"]]
+        print(json.dumps({"directory": directory, "servables": report}, indent=2), flush=True)
+    else:
+        lines = []
+        for entry in report:
+            lines.append(f"{entry['name']}  ({entry['directory']})")
+            if "error" in entry:
+                lines.append(f"  error: {entry['error']}")
+            for version in entry["versions"]:
+                lines.append(f"  version {version['version']}")
+                lines.extend(f"    {_model_line(model)}" for model in version["models"])
+                for method in version["methods"]:
+                    inputs = ", ".join(str(tensor) for tensor in method["inputs"])
+                    outputs = ", ".join(str(tensor) for tensor in method["outputs"])
+                    lines.append(f"    method {method['name']}({inputs}) -> ({outputs})")
+        print("\n".join(lines), flush=True)
+    return 1 if any("error" in entry for entry in report) else 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rustserve.server import _loader
+
+    directory = os.path.abspath(args.dir)
+    try:
+        names = _servable_names(args, directory)
+        native = _init_native(args.log_level)
+    except Exception as exc:
+        print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    failures = 0
+    for name in names:
+        try:
+            specs = _loader.ServableLoader().load_all_versions(directory, name)
+            # A throwaway server runs every start-up check (models opened, methods against signatures) and
+            # never listens.
+            scratch = native.Server()
+            try:
+                scratch.add_servables(specs)
+            finally:
+                scratch.stop()
+        except Exception as exc:
+            failures += 1
+            print(f"FAIL  {name}: {exc}", flush=True)
+            continue
+        versions = ", ".join(str(spec["version"]) for spec in specs)
+        methods = ", ".join(method["name"] for method in specs[0]["methods"])
+        print(f"ok    {name}: version(s) {versions}; methods {methods}", flush=True)
+    print(f"{len(names) - failures} of {len(names)} servable(s) ok", flush=True)
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,14 +528,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
 
     Example:
-        >>> main(["start", "--dir", "servables", "--grpc", "127.0.0.1:5500"])  # blocks until SIGINT/SIGTERM
+        >>> main(["check", "--dir", "examples/servables"])  # doctest: +SKIP
+        0
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "start":
-        return _start(args)
-    parser.print_help(sys.stderr)
-    return 2
+    handlers = {"start": _start, "infer": _infer, "list": _list, "check": _check}
+    handler = handlers.get(args.command)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except BrokenPipeError:  # `rustserve list ... | head`: the reader left, which is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ pub mod batching;
 pub mod codec;
 pub mod error;
 pub mod ingress;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod proto;
@@ -26,6 +27,7 @@ fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(python::classes::onnx_signature, m)?)?;
     m.add_function(wrap_pyfunction!(python::classes::init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
+    m.add_function(wrap_pyfunction!(python::workers::run_worker, m)?)?;
     m.add("RustServeError", py.get_type::<python::RustServeError>())?;
     m.add("ServableStartError", py.get_type::<python::ServableStartError>())?;
     m.add("ServerStartError", py.get_type::<python::ServerStartError>())?;

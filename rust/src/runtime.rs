@@ -1,14 +1,20 @@
 //! The server's tokio runtime and listeners: binds gRPC and REST, runs them until `stop`, then drains.
 //! Owned by a `Server`, never global; the Python side calls `stop` from signal handlers and `atexit`.
 
+use crate::codec::kserve_proto::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::error::ServeError;
 use crate::ingress;
+use crate::ingress::grpc::MsGrpc;
+use crate::ingress::kserve_grpc::KserveGrpc;
+use crate::proto::ms::ms_service_server::MsServiceServer;
 use crate::service::Service;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
 
 /// How long `stop` waits for requests in flight before dropping them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +101,8 @@ impl ServerRuntime {
         Ok(listener)
     }
 
-    /// Binds `address` and serves MindSpore gRPC on it; returns the bound port.
+    /// Binds `address` and serves gRPC on it (MindSpore's `MSService`, the Open Inference Protocol's
+    /// `GRPCInferenceService` and `grpc.health.v1.Health`), with `max_bytes` as the message limit; returns the port.
     pub fn start_grpc(
         &self,
         service: std::sync::Arc<Service>,
@@ -113,7 +120,29 @@ impl ServerRuntime {
             .map_err(|e| ServeError::Internal(e.to_string()))?
             .port();
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let router = tonic::transport::Server::builder().add_service(ingress::grpc::ms_service(service, max_bytes));
+        // grpc.health.v1: "" and both services are SERVING until `stop` begins, then NOT_SERVING while draining.
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let names = [
+            "",
+            <MsServiceServer<MsGrpc> as NamedService>::NAME,
+            <GrpcInferenceServiceServer<KserveGrpc> as NamedService>::NAME,
+        ];
+        self.handle.block_on(async {
+            for name in names {
+                reporter.set_service_status(name, ServingStatus::Serving).await;
+            }
+        });
+        let stopping = self.stop_signal();
+        self.handle.spawn(async move {
+            stopping.await;
+            for name in names {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        });
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(ingress::grpc::ms_service(service.clone(), max_bytes))
+            .add_service(ingress::kserve_grpc::kserve_service(service, max_bytes));
         let stop = self.stop_signal();
         let task = self.handle.spawn(async move {
             if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
@@ -127,7 +156,8 @@ impl ServerRuntime {
         Ok(port)
     }
 
-    /// Binds `address` and serves MindSpore REST on it; returns the bound port.
+    /// Binds `address` and serves REST on it (MindSpore's URLs, the Open Inference Protocol's `/v2` and `/metrics`);
+    /// returns the bound port.
     pub fn start_rest(
         &self,
         service: std::sync::Arc<Service>,

@@ -1,23 +1,51 @@
 //! The one entry point every ingress calls: route a decoded request to its servable version and method,
 //! check the request as a whole (instance count, input names, in-flight limit), run the method, and hand
 //! back per-instance results. Protocol-free: codecs do the wire work on either side.
+//!
+//! It also owns what several ingresses share: the metrics registry (every answered request is recorded here, by
+//! protocol), the serving / stopping state behind the readiness endpoints, and the optional model repository that
+//! loads and unloads servables at run time.
 
 use crate::error::ServeError;
-use crate::pipeline::{PythonStages, run_method};
-use crate::request::{PredictReply, PredictRequest};
+use crate::metrics::{BusyClock, MethodStats, Metrics, Protocol, QueueDepth, RequestRecord};
+use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, run_method};
+use crate::request::{InstanceResult, PredictReply, PredictRequest};
+use crate::servable::ServableVersion;
 use crate::servable::registry::Registry;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::servable::spec::StageKind;
+use futures::future::BoxFuture;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// MindSpore's default `set_max_enqueued_requests`.
 pub const DEFAULT_MAX_ENQUEUED_REQUESTS: usize = 10_000;
+
+tokio::task_local! {
+    /// Nanoseconds the current request spent in Python stages (set by `predict_observed`, added to by `TimedPython`).
+    static PYTHON_NS: Arc<AtomicU64>;
+}
+
+/// Loads servables at run time (the model-repository extension); implemented by the Python bridge, which imports
+/// servable_config.py. Every call runs off the tokio workers.
+pub trait Repository: Send + Sync {
+    /// Names of the servables the repository holds, loaded or not.
+    fn names(&self) -> BoxFuture<'static, Result<Vec<String>, ServeError>>;
+    /// Loads every version of servable `name` from the repository (not yet serving).
+    fn load(&self, name: String) -> BoxFuture<'static, Result<Vec<ServableVersion>, ServeError>>;
+}
 
 /// Routing table plus the executors requests need.
 pub struct Service {
     pub registry: Registry,
     pub python: Arc<dyn PythonStages>,
+    pub metrics: Arc<Metrics>,
     max_enqueued: usize,
     in_flight: AtomicUsize,
+    stopping: AtomicBool,
+    repository: RwLock<Option<Arc<dyn Repository>>>,
+    /// One repository load or unload at a time.
+    repository_lock: tokio::sync::Mutex<()>,
 }
 
 /// Decrements the in-flight count even when the request future is dropped (client went away).
@@ -29,66 +57,275 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Wraps the Python executor to time its jobs: the executor's busy time, and each request's time in Python stages.
+struct TimedPython {
+    inner: Arc<dyn PythonStages>,
+    busy: Arc<BusyClock>,
+}
+
+impl PythonStages for TimedPython {
+    fn submit(&self, call: FunctionCall) -> BoxFuture<'static, Vec<InstanceResult>> {
+        // The job is queued on the Python thread inside `submit`, so its busy time starts here, not at first poll.
+        let guard = self.busy.enter();
+        let started = Instant::now();
+        let answer = self.inner.submit(call);
+        Box::pin(async move {
+            let results = answer.await;
+            drop(guard);
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            // Outside `predict_observed` (e.g. a test calling the pipeline directly) there is no request to charge.
+            let _ = PYTHON_NS.try_with(|total| total.fetch_add(ns, Ordering::Relaxed));
+            results
+        })
+    }
+}
+
 impl Service {
     pub fn new(python: Arc<dyn PythonStages>, max_enqueued: usize) -> Service {
+        let metrics = Arc::new(Metrics::default());
+        let python = Arc::new(TimedPython {
+            inner: python,
+            busy: metrics.python_busy.clone(),
+        });
         Service {
             registry: Registry::default(),
             python,
+            metrics,
             max_enqueued,
             in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            repository: RwLock::default(),
+            repository_lock: tokio::sync::Mutex::const_new(()),
         }
     }
 
-    /// Answers one predict request.
+    /// Answers one predict request (recorded with protocol `Other`).
     pub async fn predict(&self, request: PredictRequest) -> PredictReply {
+        self.predict_via(request, Protocol::Other).await
+    }
+
+    /// Answers one predict request that came in over `protocol`.
+    pub async fn predict_via(&self, request: PredictRequest, protocol: Protocol) -> PredictReply {
+        self.predict_observed(request, protocol, Duration::ZERO).await.0
+    }
+
+    /// Answers one predict request and records it; `decode` is the time the ingress spent decoding it. Also returns
+    /// the method's statistics (when the request reached a method) so the ingress can add its encode time.
+    pub async fn predict_observed(
+        &self,
+        request: PredictRequest,
+        protocol: Protocol,
+        decode: Duration,
+    ) -> (PredictReply, Option<Arc<MethodStats>>) {
+        let started = Instant::now();
         let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _guard = InFlight(&self.in_flight);
         if previous >= self.max_enqueued {
-            return PredictReply::Failed(ServeError::Overloaded(format!(
-                "Serving Error: enqueued requests count exceeds the limit {}",
-                self.max_enqueued
-            )));
+            self.metrics.reject(protocol);
+            return (
+                PredictReply::Failed(ServeError::Overloaded(format!(
+                    "Serving Error: enqueued requests count exceeds the limit {}",
+                    self.max_enqueued
+                ))),
+                None,
+            );
         }
-        let target = &request.target;
+        let PredictRequest { target, instances } = request;
         let Some(servable) = self.registry.get(&target.servable, target.version) else {
-            return PredictReply::Failed(ServeError::InvalidInput(format!(
-                "Request {}, servable is not available",
-                target.spec_text()
-            )));
+            self.metrics.reject(protocol);
+            return (
+                PredictReply::Failed(ServeError::InvalidInput(format!(
+                    "Request {}, servable is not available",
+                    target.spec_text()
+                ))),
+                None,
+            );
         };
         let Some(plan) = servable.methods.get(&target.method).cloned() else {
-            return PredictReply::Failed(ServeError::InvalidInput(format!(
-                "Request {}, method is not available",
-                target.spec_text()
-            )));
+            self.metrics.reject(protocol);
+            return (
+                PredictReply::Failed(ServeError::InvalidInput(format!(
+                    "Request {}, method is not available",
+                    target.spec_text()
+                ))),
+                None,
+            );
         };
-        if request.instances.is_empty() {
-            return PredictReply::Failed(ServeError::InvalidInput(format!(
-                "Instances count of request cannot be 0, servable: {}, method: {}",
-                target.servable, target.method
-            )));
-        }
-        let mut ordered = Vec::with_capacity(request.instances.len());
-        for mut instance in request.instances {
-            let mut inputs = Vec::with_capacity(plan.spec.inputs.len());
-            for name in &plan.spec.inputs {
-                // Extra input names are ignored, as in MindSpore.
-                match instance.remove(name) {
-                    Some(tensor) => inputs.push(tensor),
-                    None => {
-                        return PredictReply::Failed(ServeError::InvalidInput(format!(
-                            "Cannot find input {name} in instance input , servable {}, method {}",
-                            target.servable, target.method
-                        )));
+        let stats = self.method_stats(&servable, &plan);
+        let count = instances.len();
+        let python_ns = Arc::new(AtomicU64::new(0));
+        let reply = PYTHON_NS
+            .scope(python_ns.clone(), async {
+                if instances.is_empty() {
+                    return PredictReply::Failed(ServeError::InvalidInput(format!(
+                        "Instances count of request cannot be 0, servable: {}, method: {}",
+                        target.servable, target.method
+                    )));
+                }
+                let mut ordered = Vec::with_capacity(instances.len());
+                for mut instance in instances {
+                    let mut inputs = Vec::with_capacity(plan.spec.inputs.len());
+                    for name in &plan.spec.inputs {
+                        // Extra input names are ignored, as in MindSpore.
+                        match instance.remove(name) {
+                            Some(tensor) => inputs.push(tensor),
+                            None => {
+                                return PredictReply::Failed(ServeError::InvalidInput(format!(
+                                    "Cannot find input {name} in instance input , servable {}, method {}",
+                                    target.servable, target.method
+                                )));
+                            }
+                        }
                     }
+                    ordered.push(inputs);
+                }
+                let results = run_method(&plan, self.python.as_ref(), ordered).await;
+                PredictReply::Instances {
+                    output_names: plan.output_names.clone(),
+                    results,
+                }
+            })
+            .await;
+        let ok = match &reply {
+            PredictReply::Failed(_) => false,
+            PredictReply::Instances { results, .. } => results.iter().all(Result::is_ok),
+        };
+        stats.record(&RequestRecord {
+            protocol,
+            instances: count,
+            ok,
+            decode,
+            predict: started.elapsed(),
+            python: Duration::from_nanos(python_ns.load(Ordering::Relaxed)),
+        });
+        (reply, Some(stats))
+    }
+
+    /// The metrics of one method of a loaded servable version (created on first use).
+    pub fn method_stats(&self, servable: &ServableVersion, plan: &MethodPlan) -> Arc<MethodStats> {
+        let has = |python: bool| {
+            plan.spec
+                .stages
+                .iter()
+                .any(|s| matches!(s.kind, StageKind::Function { .. }) == python)
+        };
+        self.metrics
+            .method(&servable.name, servable.version, &plan.spec.name, has(true), has(false))
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Ready to serve inferences: true until `stop` begins (the readiness endpoints answer "not ready" after that).
+    pub fn is_ready(&self) -> bool {
+        !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Marks the server as stopping (not ready), before its listeners drain.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// The depth of every loaded model queue, for the metrics endpoint.
+    pub fn queue_depths(&self) -> Vec<QueueDepth> {
+        let mut out = Vec::new();
+        for servable in self.registry.all() {
+            let mut keys: Vec<(&String, &usize)> = servable.models.by_key.iter().collect();
+            keys.sort();
+            for (key, &index) in keys {
+                let Some(subgraphs) = servable.models.queues.get(index) else {
+                    continue;
+                };
+                for (subgraph, queue) in subgraphs.iter().enumerate() {
+                    out.push(QueueDepth {
+                        servable: servable.name.clone(),
+                        version: servable.version,
+                        model: key.clone(),
+                        subgraph,
+                        depth: queue.queue_depth(),
+                    });
                 }
             }
-            ordered.push(inputs);
         }
-        let results = run_method(&plan, self.python.as_ref(), ordered).await;
-        PredictReply::Instances {
-            output_names: plan.output_names.clone(),
-            results,
+        out
+    }
+
+    /// The Prometheus text exposition of everything recorded so far.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.queue_depths(), self.in_flight())
+    }
+
+    /// Installs the repository that `load_servable` reads from (replacing any earlier one).
+    pub fn set_repository(&self, repository: Arc<dyn Repository>) {
+        *self
+            .repository
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repository);
+    }
+
+    /// True once `set_repository` was called.
+    pub fn has_repository(&self) -> bool {
+        self.repository().is_some()
+    }
+
+    fn repository(&self) -> Option<Arc<dyn Repository>> {
+        self.repository
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Names of the servables in the repository; empty without one.
+    pub async fn repository_names(&self) -> Result<Vec<String>, ServeError> {
+        match self.repository() {
+            Some(repository) => repository.names().await,
+            None => Ok(Vec::new()),
         }
+    }
+
+    /// Loads (or reloads) every version of servable `name` from the repository and swaps them in at once: requests
+    /// already running finish on the versions they started with, other servables are not touched. Errors are
+    /// `InvalidInput` for a name the repository does not hold (the text says so) and `Config` for a failed load.
+    pub async fn load_servable(&self, name: &str) -> Result<Vec<u64>, ServeError> {
+        let Some(repository) = self.repository() else {
+            return Err(ServeError::Unavailable(
+                "the server has no model repository: start it with `rustserve start --dir DIR`".into(),
+            ));
+        };
+        let _one_at_a_time = self.repository_lock.lock().await;
+        let versions = repository.load(name.to_owned()).await?;
+        let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+        let old = self.registry.replace(name, versions);
+        retire(old);
+        tracing::info!("servable '{name}' loaded from the repository, versions {numbers:?}");
+        Ok(numbers)
+    }
+
+    /// Stops serving servable `name` (every version); requests already running finish first. False when it was
+    /// not loaded.
+    pub async fn unload_servable(&self, name: &str) -> bool {
+        let _one_at_a_time = self.repository_lock.lock().await;
+        let old = self.registry.remove(name);
+        let found = !old.is_empty();
+        retire(old);
+        if found {
+            tracing::info!("servable '{name}' unloaded");
+        }
+        found
+    }
+}
+
+/// Drops replaced servable versions on a blocking thread: the last handle's drop joins the model threads.
+fn retire(old: Vec<Arc<ServableVersion>>) {
+    if old.is_empty() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn_blocking(move || drop(old));
+        }
+        Err(_) => drop(old),
     }
 }

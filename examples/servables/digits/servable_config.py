@@ -8,17 +8,27 @@ they are.
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from rustserve.server import register
 
 model = register.declare_model(model_file="digits.onnx", model_format="ONNX", with_batch_dim=True, max_batch_size=32)
 
 
+def open_image(image: np.ndarray | bytes) -> Image.Image:
+    """Opens the bytes of a PNG/JPEG image; a clear error for anything else."""
+    if isinstance(image, str):
+        raise TypeError("expected the bytes of a PNG or JPEG image, got a string")
+    data = image.tobytes() if isinstance(image, np.ndarray) else bytes(image)
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"expected a PNG or JPEG image, got {len(data)} bytes that are neither") from None
+
+
 def preprocess(image: np.ndarray | bytes) -> np.ndarray:
     """Decodes the image, converts it to 8x8 grayscale and scales ink to the model's [0, 1] (data set 0..16 / 16)."""
-    data = image.tobytes() if isinstance(image, np.ndarray) else bytes(image)
-    with Image.open(io.BytesIO(data)) as picture:
+    with open_image(image) as picture:
         gray = picture.convert("L").resize((8, 8), Image.Resampling.BOX)
     pixels = np.asarray(gray, dtype=np.float32)
     if pixels.mean() > 127.5:  # dark ink on light paper: ink must be the bright value, as in the data set

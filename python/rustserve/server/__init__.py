@@ -96,8 +96,9 @@ class ServableStartConfig:
         device_ids: CUDA device id(s) for `device_type="GPU"` (default 0).
         version_number: The version to load; 0 = the newest version directory.
         device_type: "GPU", "CPU" or None (= CPU), case ignored; "Ascend" is not supported by rustserve.
-        num_parallel_workers: Number of Python worker processes in [0,64] (validated; see the report of the
-            running server for whether worker processes are used).
+        num_parallel_workers: Python stage executors in [0,64]: n > 1 runs the servable's Python stages on the
+            server's Python thread plus n - 1 worker processes (`python -m rustserve.worker`); 0 and 1 use the
+            server's Python thread only.
         dec_key: Model decryption key (16, 24 or 32 bytes); validated, then refused: decryption is unsupported.
         dec_mode: 'AES-GCM' or 'AES-CBC'.
 
@@ -159,18 +160,22 @@ class ServableStartConfig:
 
     @property
     def servable_directory(self) -> str:
+        """The absolute servable directory (the parent of the servable's own directory)."""
         return self._servable_directory
 
     @property
     def servable_name(self) -> str:
+        """The servable name."""
         return self._servable_name
 
     @property
     def version_number(self) -> int:
+        """The version to start; 0 = the newest version directory."""
         return self._version_number
 
     @property
     def device_ids(self) -> tuple[int, ...]:
+        """The CUDA device ids (empty: device 0 for GPU)."""
         return self._device_ids
 
     @property
@@ -180,14 +185,17 @@ class ServableStartConfig:
 
     @property
     def num_parallel_workers(self) -> int:
+        """Python stage executors: n > 1 adds n - 1 worker processes."""
         return self._num_parallel_workers
 
     @property
     def dec_key(self) -> bytes | None:
+        """The model decryption key (always None: a key is refused)."""
         return self._dec_key
 
     @property
     def dec_mode(self) -> str:
+        """The decryption mode, 'AES-GCM' or 'AES-CBC'."""
         return self._dec_mode
 
 
@@ -399,6 +407,70 @@ def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
     _keep_serving()
 
 
+class _Repository:
+    """The servable directory behind the Open Inference Protocol's model-repository extension.
+
+    The native server calls it on a blocking thread (never a tokio worker): `names()` lists the servables of the
+    directory, `load(name)` imports the servable's servable_config.py afresh and returns the specs of every version
+    directory, with ONNX Runtime initialised.
+
+    Args:
+        directory: The servable directory.
+        device_type: Where the models of loaded servables run.
+        device_ids: CUDA devices for "gpu".
+    """
+
+    def __init__(self, directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = ()) -> None:
+        self.directory = os.path.abspath(directory)
+        self.device_type: DeviceType = device_type
+        self.device_ids = list(device_ids)
+
+    def names(self) -> list[str]:
+        """The servables of the directory (subdirectories with a servable_config.py).
+
+        Returns:
+            The names, sorted.
+        """
+        from rustserve.server._loader import discover_servables
+
+        return discover_servables(self.directory)
+
+    def load(self, name: str) -> list[ServableSpec]:
+        """Imports servable `name` afresh and builds the specs of all its versions.
+
+        Args:
+            name: The servable name.
+
+        Returns:
+            One spec per version directory.
+
+        Raises:
+            RuntimeError: The config or a model file is missing or broken (the loader's texts).
+        """
+        specs = ServableLoader().load_all_versions(
+            self.directory, name, device_type=self.device_type, device_ids=self.device_ids
+        )
+        if any(spec["models"] for spec in specs):
+            from rustserve.server import _ort
+
+            _native().init_onnxruntime(_ort.find_onnxruntime_library())
+            if self.device_type == "gpu":
+                _ort.preload_cuda_libraries()
+        return specs
+
+
+def _set_repository(directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = ()) -> None:
+    """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
+    load, reload and unload the servables of `directory` while the server runs.
+
+    Args:
+        directory: The servable directory.
+        device_type: Where the models of loaded servables run.
+        device_ids: CUDA devices for "gpu".
+    """
+    _get_server().set_repository(_Repository(directory, device_type, device_ids))
+
+
 @_stop_on_except
 def start_servables(servable_configs: ServableStartConfig | Sequence[ServableStartConfig]) -> None:
     """Loads one or more servables into the server (importing each servable_config.py once).
@@ -440,6 +512,7 @@ def start_servables(servable_configs: ServableStartConfig | Sequence[ServableSta
                     deployment.version,
                     device_type=deployment.device_type,
                     device_ids=sorted(deployment.device_ids),
+                    num_parallel_workers=deployment.num_parallel_workers,
                 )
             )
     except RuntimeError as exc:

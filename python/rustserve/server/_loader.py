@@ -192,6 +192,7 @@ class ServableLoader:
         *,
         device_type: DeviceType = "cpu",
         device_ids: Sequence[int] = (),
+        num_parallel_workers: int = 0,
     ) -> list[ServableSpec]:
         """Loads one version of a servable.
 
@@ -202,6 +203,7 @@ class ServableLoader:
                 declares no model and has no version directory).
             device_type: Where its models run.
             device_ids: CUDA devices for "gpu" (default [0]).
+            num_parallel_workers: Python stage executors (n > 1 adds n - 1 worker processes).
 
         Returns:
             A list with the one `ServableSpec`.
@@ -229,7 +231,9 @@ class ServableLoader:
                 f"number: {version_number}, servable directory: '{directory}', servable name: '{name}'"
             )
         version_dir = versions.get(version_number, "")
-        return [_build_spec(directory, registry, version_number, version_dir, device_type, device_ids)]
+        return [
+            _build_spec(directory, registry, version_number, version_dir, device_type, device_ids, num_parallel_workers)
+        ]
 
     def load_all_versions(
         self,
@@ -238,6 +242,7 @@ class ServableLoader:
         *,
         device_type: DeviceType = "cpu",
         device_ids: Sequence[int] = (),
+        num_parallel_workers: int = 0,
     ) -> list[ServableSpec]:
         """Loads every version directory of a servable (version 1 alone when it has none and declares no model).
 
@@ -246,6 +251,7 @@ class ServableLoader:
             name: The servable name.
             device_type: Where its models run.
             device_ids: CUDA devices for "gpu" (default [0]).
+            num_parallel_workers: Python stage executors per version (n > 1 adds n - 1 worker processes).
 
         Returns:
             One `ServableSpec` per version, oldest first.
@@ -262,9 +268,9 @@ class ServableLoader:
                     f"There is no valid version directory of models while there are models declared in "
                     f"servable_config.py, servable directory: {directory}, servable name: {name}"
                 )
-            return [_build_spec(directory, registry, 1, "", device_type, device_ids)]
+            return [_build_spec(directory, registry, 1, "", device_type, device_ids, num_parallel_workers)]
         return [
-            _build_spec(directory, registry, version, versions[version], device_type, device_ids)
+            _build_spec(directory, registry, version, versions[version], device_type, device_ids, num_parallel_workers)
             for version in sorted(versions)
         ]
 
@@ -276,6 +282,7 @@ def _build_spec(
     version_dir: str,
     device_type: DeviceType,
     device_ids: Sequence[int],
+    num_parallel_workers: int = 0,
 ) -> ServableSpec:
     name = registry.servable_name
     gpu_ids = [int(device_id) for device_id in device_ids] or [0]
@@ -298,6 +305,8 @@ def _build_spec(
                 "with_batch_dim": declared.with_batch_dim,
                 "without_batch_dim_inputs": list(declared.without_batch_dim_inputs),
                 "max_batch_size": declared.max_batch_size,
+                "max_queue_delay_ms": declared.max_queue_delay_ms,
+                "preferred_batch_sizes": list(declared.preferred_batch_sizes),
                 "device_type": device_type,
                 "device_ids": gpu_ids if device_type == "gpu" else [],
                 "intra_op_threads": declared.intra_op_threads,
@@ -309,6 +318,8 @@ def _build_spec(
         "name": name,
         "version": version,
         "version_dir": version_dir,
+        "servable_directory": directory,
+        "num_parallel_workers": num_parallel_workers,
         "models": models,
         # deepcopy keeps the function objects (copy treats functions as atomic) and unshares the lists.
         "methods": copy.deepcopy(registry.methods),

@@ -28,9 +28,11 @@ class ModelSpec(TypedDict):
     with_batch_dim: bool
     without_batch_dim_inputs: list[int]  # input indices fed once per batch (from the batch's first instance)
     max_batch_size: int | None  # rows per batch when dim 0 is symbolic; None = default (see Rust BatchConfig)
+    max_queue_delay_ms: float | None  # longest wait for a fuller batch; None or 0 = never wait
+    preferred_batch_sizes: list[int]  # run sizes to prefer for a symbolic dim 0; [] = none
     device_type: Literal["cpu", "gpu"]
     device_ids: list[int]  # CUDA devices for "gpu"; ignored for "cpu"
-    intra_op_threads: int | None  # from Context(thread_num=...); None = ORT's choice for the machine
+    intra_op_threads: int | None  # from Context(thread_num=...); None = the cores / the servable's sessions (min 1)
 
 
 class ModelStageSpec(TypedDict):
@@ -64,5 +66,7 @@ class ServableSpec(TypedDict):
     name: str
     version: int
     version_dir: str  # absolute path of <servable_directory>/<name>/<version> ("" when no models are declared)
+    servable_directory: str  # absolute servable directory; Python worker processes import the config from it
+    num_parallel_workers: int  # Python stage executors: the GIL thread + (n - 1) worker processes; 0 or 1 = none
     models: list[ModelSpec]
     methods: list[MethodSpec]

@@ -25,6 +25,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -144,6 +145,8 @@ class _DeclaredModel:
     max_batch_size: int | None
     intra_op_threads: int | None
     config_file: str | None
+    max_queue_delay_ms: float | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
     # subgraph -> (inputs count, outputs count), as used by `add_stage` (MindSpore's RegisterInputOutputInfo).
     io_counts: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -519,6 +522,28 @@ class GpuOptions:
         self.context.append_device_info(GPUDeviceInfo(**kwargs))
 
 
+def _check_delay_ms(arg_name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RuntimeError(f"Parameter '{arg_name}' should be int or float, but actually {type(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise RuntimeError(f"Parameter '{arg_name}' should be a finite number >= 0, but actually {value}")
+    return float(value)
+
+
+def _check_preferred_batch_sizes(values: object, with_batch_dim: bool, max_batch_size: int | None) -> tuple[int, ...]:
+    sizes = _check_and_as_int_tuple_list("preferred_batch_sizes", values, 1)
+    if sizes and not with_batch_dim:
+        raise RuntimeError("Parameter 'preferred_batch_sizes' needs with_batch_dim=True")
+    if max_batch_size is not None:
+        for size in sizes:
+            if size > max_batch_size:
+                raise RuntimeError(
+                    f"The item value '{size}' in parameter 'preferred_batch_sizes' should be <= max_batch_size "
+                    f"{max_batch_size}"
+                )
+    return sizes
+
+
 def declare_model(
     model_file: str | Sequence[str],
     model_format: str,
@@ -528,6 +553,8 @@ def declare_model(
     context: Context | None = None,
     config_file: str | None = None,
     max_batch_size: int | None = None,
+    max_queue_delay_ms: float | None = None,
+    preferred_batch_sizes: int | Sequence[int] | None = None,
 ) -> Model:
     """Declares a model of the servable; call it at the top level of servable_config.py.
 
@@ -543,6 +570,10 @@ def declare_model(
         config_file: Accepted for compatibility (MindSpore's mixed-precision config); ignored.
         max_batch_size: rustserve extension: rows per batch when the model's dim 0 is symbolic; None leaves
             the default.
+        max_queue_delay_ms: rustserve extension: how long (milliseconds, >= 0) an instance may wait for others
+            to fill its batch. None or 0 never waits: whatever is queued runs at once.
+        preferred_batch_sizes: rustserve extension, symbolic dim 0 only: batch sizes to run at when the queue
+            allows (the largest one the queued instances fill); each in [1, max_batch_size].
 
     Returns:
         The `Model`, for `add_stage` or `Model.call`.
@@ -584,6 +615,11 @@ def declare_model(
         _logger.warning("declare_model: 'config_file' is not used by ONNX Runtime and is ignored: %s", config_file)
     if max_batch_size is not None:
         _check_int("max_batch_size", max_batch_size, 1)
+    if max_queue_delay_ms is not None:
+        max_queue_delay_ms = _check_delay_ms("max_queue_delay_ms", max_queue_delay_ms)
+    preferred: tuple[int, ...] = ()
+    if preferred_batch_sizes is not None:
+        preferred = _check_preferred_batch_sizes(preferred_batch_sizes, with_batch_dim, max_batch_size)
 
     used_files = {name for declared in registry.models for name in declared.files}
     for name in files:
@@ -602,6 +638,8 @@ def declare_model(
             max_batch_size=max_batch_size,
             intra_op_threads=intra_op_threads,
             config_file=config_file,
+            max_queue_delay_ms=max_queue_delay_ms,
+            preferred_batch_sizes=preferred,
         )
     )
     return model

@@ -1,25 +1,32 @@
 //! Per-model batching with MindSpore semantics: each instance is checked (byte size, dtype) before it is queued,
-//! then one dedicated thread per model takes whatever is queued (FIFO, across callers, up to the batch size, no
-//! waiting), stacks and pads it, runs the model once and answers every caller through a oneshot.
+//! then the model's batch thread(s) take what is queued (FIFO, across callers, up to the batch size), stack and pad
+//! it, run the model once and answer every caller through a oneshot.
+//!
+//! Scheduling knobs (`BatchConfig`): `max_queue_delay` (default zero: run what is queued, never wait when idle),
+//! preferred batch sizes for a symbolic batch dimension, and one runner per device: every runner has its own
+//! thread, and all of them take batches from the model's one queue, so whichever device is idle gets the next batch.
 
 mod plan;
+mod policy;
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub use self::plan::{BatchMode, DEFAULT_MAX_BATCH_SIZE};
-use self::plan::{BatchPlan, CheckedInstance};
+pub use self::plan::{BatchMode, BatchPlan, CheckedInstance, DEFAULT_MAX_BATCH_SIZE};
+use self::policy::Decision;
 use crate::error::ServeError;
 use crate::model::{DeviceChoice, ModelSignature, OrtRunner};
 use crate::tensor::Tensor;
 
-/// How a model is batched (MindSpore's `declare_model(with_batch_dim=..., without_batch_dim_inputs=...)`).
+/// How a model is batched (MindSpore's `declare_model(with_batch_dim=..., without_batch_dim_inputs=...)`, plus
+/// rustserve's scheduling knobs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchConfig {
     /// Dim 0 of the model's inputs and outputs is the batch dimension.
@@ -28,10 +35,27 @@ pub struct BatchConfig {
     pub without_batch_dim_inputs: Vec<usize>,
     /// Rows per run for a symbolic batch dimension (`None`: `DEFAULT_MAX_BATCH_SIZE`); ignored for a static one.
     pub max_batch_size: Option<usize>,
+    /// Longest an instance waits for others to fill its batch. Zero (the default) runs whatever is queued at once.
+    pub max_queue_delay: Duration,
+    /// Run sizes to prefer for a symbolic batch dimension (each in `1..=max_batch_size`); empty: no preference.
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+impl Default for BatchConfig {
+    /// MindSpore's defaults: batch dimension on, every input batched, no delay, no preferred sizes.
+    fn default() -> BatchConfig {
+        BatchConfig {
+            with_batch_dim: true,
+            without_batch_dim_inputs: Vec::new(),
+            max_batch_size: None,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: Vec::new(),
+        }
+    }
 }
 
 /// Runs one full batch: inputs in model input order, outputs in model output order. `OrtRunner` implements it;
-/// tests use fakes. Called only from the model's batch thread.
+/// tests use fakes. Called only from the runner's own batch thread.
 pub trait BatchRunner: Send {
     /// Runs the model once on full-batch tensors.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError>;
@@ -53,6 +77,8 @@ struct Job {
     inputs: Vec<Tensor>,
     key: Vec<Vec<i64>>,
     reply: oneshot::Sender<InstanceResult>,
+    /// Arrival time, for `max_queue_delay` (measured from the oldest instance of a batch).
+    queued_at: Instant,
 }
 
 enum Msg {
@@ -60,18 +86,20 @@ enum Msg {
     Stop,
 }
 
-/// The queue and batch thread of one model file.
-// NOTE: one std thread per model does both the batching and the ORT run, instead of a tokio task that feeds a
+/// The queue and batch thread(s) of one model file.
+// NOTE: each runner's std thread does both the batching and the ORT run, instead of a tokio task that feeds a
 // separate runner thread: it saves a thread hand-off per batch (~10 µs each way on our VMs, toolchain.md), needs
 // no tokio runtime (the loader and the Python bridge can build queues from any thread), and `Session::run`
-// blocks anyway. The thread sleeps in `recv()` when idle, so an idle model costs nothing.
+// blocks anyway. Idle threads sleep in `recv()` or on the intake lock, so an idle model costs nothing.
 pub struct ModelQueue {
     model: String,
     signature: ModelSignature,
+    config: BatchConfig,
     plan: Arc<BatchPlan>,
     tx: mpsc::Sender<Msg>,
     depth: Arc<AtomicUsize>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    runners: usize,
 }
 
 impl std::fmt::Debug for ModelQueue {
@@ -79,6 +107,7 @@ impl std::fmt::Debug for ModelQueue {
         f.debug_struct("ModelQueue")
             .field("model", &self.model)
             .field("mode", &self.plan.mode)
+            .field("runners", &self.runners)
             .finish_non_exhaustive()
     }
 }
@@ -94,9 +123,27 @@ impl ModelQueue {
         device: DeviceChoice,
         intra_op_threads: Option<usize>,
     ) -> Result<ModelQueue, ServeError> {
-        let runner = OrtRunner::load(path, device, intra_op_threads)?;
-        let signature = runner.signature().clone();
-        ModelQueue::new(&path.display().to_string(), signature, cfg, Box::new(runner))
+        ModelQueue::load_on(path, cfg, &[device], intra_op_threads)
+    }
+
+    /// Loads `path` once per device (one ORT session each) and starts one batch thread per session, all fed from
+    /// this model's one queue. `devices` must not be empty.
+    pub fn load_on(
+        path: &Path,
+        cfg: BatchConfig,
+        devices: &[DeviceChoice],
+        intra_op_threads: Option<usize>,
+    ) -> Result<ModelQueue, ServeError> {
+        let mut runners: Vec<Box<dyn BatchRunner>> = Vec::with_capacity(devices.len());
+        let mut signature = None;
+        for &device in devices {
+            let runner = OrtRunner::load(path, device, intra_op_threads)?;
+            signature.get_or_insert_with(|| runner.signature().clone());
+            runners.push(Box::new(runner));
+        }
+        let signature = signature
+            .ok_or_else(|| ServeError::Config(format!("model file '{}': no device to load it on", path.display())))?;
+        ModelQueue::with_runners(&path.display().to_string(), signature, cfg, runners)
     }
 
     /// Starts a batch thread for any runner; `model` names the model in errors (normally its file path).
@@ -106,29 +153,71 @@ impl ModelQueue {
         cfg: BatchConfig,
         runner: Box<dyn BatchRunner>,
     ) -> Result<ModelQueue, ServeError> {
+        ModelQueue::with_runners(model, signature, cfg, vec![runner])
+    }
+
+    /// Starts one batch thread per runner (e.g. one per device); they share the model's queue, so the next batch
+    /// goes to whichever runner is idle. Every runner must run the same model (`signature`).
+    pub fn with_runners(
+        model: &str,
+        signature: ModelSignature,
+        cfg: BatchConfig,
+        runners: Vec<Box<dyn BatchRunner>>,
+    ) -> Result<ModelQueue, ServeError> {
+        if runners.is_empty() {
+            return Err(ServeError::Config(format!(
+                "model file '{model}': at least one runner (device) is needed"
+            )));
+        }
         let plan = Arc::new(BatchPlan::new(&signature, &cfg, model)?);
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = BatchThread {
-            model: model.to_owned(),
-            plan: Arc::clone(&plan),
-            depth: Arc::clone(&depth),
-            runner,
-        };
+        let intake = Arc::new(Mutex::new(Intake {
+            rx,
+            pending: VecDeque::new(),
+            stopping: false,
+        }));
         let file_name = Path::new(model)
             .file_name()
             .map_or_else(|| model.into(), |n| n.to_string_lossy());
-        let thread = std::thread::Builder::new()
-            .name(format!("rustserve-model-{file_name}"))
-            .spawn(move || worker.serve(&rx))
-            .map_err(|e| ServeError::Config(format!("model file '{model}': cannot start its batch thread: {e}")))?;
+        let count = runners.len();
+        let mut threads = Vec::with_capacity(count);
+        for (index, runner) in runners.into_iter().enumerate() {
+            let worker = BatchThread {
+                model: model.to_owned(),
+                plan: Arc::clone(&plan),
+                depth: Arc::clone(&depth),
+                intake: Arc::clone(&intake),
+                runner,
+            };
+            let name = if count == 1 {
+                format!("rustserve-model-{file_name}")
+            } else {
+                format!("rustserve-model-{file_name}-{index}")
+            };
+            match std::thread::Builder::new().name(name).spawn(move || worker.serve()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    // Stop the threads already started before reporting.
+                    let _ = tx.send(Msg::Stop);
+                    for handle in threads {
+                        let _ = handle.join();
+                    }
+                    return Err(ServeError::Config(format!(
+                        "model file '{model}': cannot start its batch thread: {e}"
+                    )));
+                }
+            }
+        }
         Ok(ModelQueue {
             model: model.to_owned(),
             signature,
+            config: cfg,
             plan,
             tx,
             depth,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
+            runners: count,
         })
     }
 
@@ -140,7 +229,13 @@ impl ModelQueue {
         let CheckedInstance { inputs, key } = self.plan.check_instance(inputs)?;
         let (reply, rx) = oneshot::channel();
         self.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Job(Job { inputs, key, reply })).is_err() {
+        let job = Job {
+            inputs,
+            key,
+            reply,
+            queued_at: Instant::now(),
+        };
+        if self.tx.send(Msg::Job(job)).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             return Err(self.stopped());
         }
@@ -170,6 +265,16 @@ impl ModelQueue {
         self.plan.mode
     }
 
+    /// The batching configuration this queue was built with.
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// How many runners (sessions, one thread each) take batches from this queue.
+    pub fn runners(&self) -> usize {
+        self.runners
+    }
+
     /// The model's inputs and outputs (full-batch shapes, as in the file).
     pub fn signature(&self) -> &ModelSignature {
         &self.signature
@@ -185,18 +290,18 @@ impl ModelQueue {
         self.depth.load(Ordering::Relaxed)
     }
 
-    /// Stops the batch thread after it has run everything queued so far, and waits for it. Later calls to
+    /// Stops the batch threads after they have run everything queued so far, and waits for them. Later calls to
     /// `infer` fail with `ServeError::Unavailable`. Idempotent; also run on drop, so dropping the last handle
     /// blocks until the queued instances have run (call it from a blocking context when much may be queued).
     pub fn shutdown(&self) {
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            // A send error means the thread is already gone; join reports how it ended either way.
-            let _ = self.tx.send(Msg::Stop);
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        if handles.is_empty() {
+            return;
+        }
+        // One Stop is enough: the thread that reads it marks the shared intake, and every thread then drains the
+        // queue and exits. A send error means the threads are already gone; join reports how they ended.
+        let _ = self.tx.send(Msg::Stop);
+        for handle in handles {
             if handle.join().is_err() {
                 tracing::error!(model = %self.model, "model batch thread panicked");
             }
@@ -217,47 +322,132 @@ impl Drop for ModelQueue {
     }
 }
 
-/// State owned by a model's batch thread.
+/// The receiving side of a model's queue, shared by its batch threads: whoever holds the lock assembles the next
+/// batch (waiting for work, or for `max_queue_delay`, while holding it); the others sleep on the lock until then.
+struct Intake {
+    rx: mpsc::Receiver<Msg>,
+    /// Received and not yet taken; FIFO, except that shape grouping may leave other shapes for a later batch.
+    pending: VecDeque<Job>,
+    /// `Stop` was received: finish what is pending, then exit without waiting for more.
+    stopping: bool,
+}
+
+impl Intake {
+    fn accept(&mut self, msg: Msg) {
+        match msg {
+            Msg::Job(job) => self.pending.push_back(job),
+            Msg::Stop => self.stopping = true,
+        }
+    }
+
+    /// Moves everything already sent into `pending`, without blocking.
+    fn drain(&mut self) {
+        while !self.stopping {
+            match self.rx.try_recv() {
+                Ok(msg) => self.accept(msg),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// State owned by one batch thread: its runner, plus the model's shared plan and intake.
 struct BatchThread {
     model: String,
     plan: Arc<BatchPlan>,
     depth: Arc<AtomicUsize>,
+    intake: Arc<Mutex<Intake>>,
     runner: Box<dyn BatchRunner>,
 }
 
 impl BatchThread {
-    /// The thread body: block for work, take a batch from what is queued, run it; until `Stop` or disconnect.
-    fn serve(mut self, rx: &mpsc::Receiver<Msg>) {
-        let mut pending: VecDeque<Job> = VecDeque::new();
-        let mut stopping = false;
+    /// The thread body: take the next batch from the shared intake, run it; until stopped and drained.
+    fn serve(mut self) {
         loop {
-            if pending.is_empty() {
-                if stopping {
-                    return;
-                }
-                // Idle: sleep until work arrives (no polling, no delay once it does).
-                match rx.recv() {
-                    Ok(Msg::Job(job)) => pending.push_back(job),
-                    Ok(Msg::Stop) | Err(_) => return,
-                }
-            }
-            while !stopping {
-                match rx.try_recv() {
-                    Ok(Msg::Job(job)) => pending.push_back(job),
-                    Ok(Msg::Stop) => stopping = true,
-                    Err(_) => break,
-                }
-            }
-            let batch = self.take_batch(&mut pending);
-            if !batch.is_empty() {
-                self.run_batch(batch);
+            let batch = {
+                // Poisoning cannot leave the intake half-updated (no panics inside), so its data is still good.
+                let mut intake = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+                self.next_batch(&mut intake)
+            };
+            match batch {
+                Some(batch) => self.run_batch(batch),
+                None => return,
             }
         }
     }
 
-    /// Takes up to a batch of live jobs, FIFO; with shape grouping, only jobs whose key equals the first one's.
-    fn take_batch(&self, pending: &mut VecDeque<Job>) -> Vec<Job> {
-        let cap = self.plan.mode.batch_size();
+    /// Blocks until a batch is due (policy: size, preferred sizes, `max_queue_delay`) and takes it; `None` once
+    /// stopping with nothing left. Sleeps in `recv` / `recv_timeout`, never polls.
+    fn next_batch(&self, intake: &mut Intake) -> Option<Vec<Job>> {
+        loop {
+            self.drop_cancelled_head(intake);
+            if intake.pending.is_empty() {
+                if intake.stopping {
+                    return None;
+                }
+                // Idle: sleep until work arrives (no polling, no delay once it does).
+                match intake.rx.recv() {
+                    Ok(msg) => intake.accept(msg),
+                    Err(_) => intake.stopping = true,
+                }
+                continue;
+            }
+            intake.drain();
+            let policy = &self.plan.policy;
+            let (ready, oldest) = self.ready(&intake.pending, policy.enough());
+            let decision = if intake.stopping {
+                // Shutting down: run what is there without waiting for company.
+                Decision::Take(ready)
+            } else {
+                policy.decide(ready, oldest, Instant::now())
+            };
+            match decision {
+                Decision::Take(count) => {
+                    let batch = self.take_batch(&mut intake.pending, count);
+                    if !batch.is_empty() {
+                        return Some(batch);
+                    }
+                }
+                Decision::WaitUntil(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match intake.rx.recv_timeout(wait) {
+                        Ok(msg) => intake.accept(msg),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => intake.stopping = true,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes cancelled jobs from the front, so the head is a live job that decides the batch's key and age.
+    fn drop_cancelled_head(&self, intake: &mut Intake) {
+        while intake.pending.front().is_some_and(|job| job.reply.is_closed()) {
+            intake.pending.pop_front();
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Live jobs that can join the head's batch (same shape key), counted up to `enough`, and the head's arrival.
+    fn ready(&self, pending: &VecDeque<Job>, enough: usize) -> (usize, Instant) {
+        let Some(head) = pending.front() else {
+            return (0, Instant::now());
+        };
+        let mut ready = 0;
+        for job in pending {
+            if !job.reply.is_closed() && (!self.plan.group_by_shape || job.key == head.key) {
+                ready += 1;
+                if ready >= enough {
+                    break;
+                }
+            }
+        }
+        (ready.max(1), head.queued_at)
+    }
+
+    /// Takes up to `count` live jobs, FIFO; with shape grouping, only jobs whose key equals the first one's.
+    fn take_batch(&self, pending: &mut VecDeque<Job>, count: usize) -> Vec<Job> {
+        let cap = count.clamp(1, self.plan.mode.batch_size());
         let mut batch: Vec<Job> = Vec::with_capacity(cap.min(pending.len()));
         let mut index = 0;
         while index < pending.len() && batch.len() < cap {
@@ -315,6 +505,15 @@ impl BatchThread {
             }
         }
     }
+}
+
+/// Default ONNX Runtime intra-op threads for one session when `Context(thread_num=...)` does not say: the cores
+/// of this machine shared by the sessions that may run at once (`sessions`), at least one.
+// NOTE: ORT's own default is one thread per core for every session; with several models (or several sessions of
+// one model) that oversubscribes the cores and their spinning pool threads compete with tokio and Python.
+pub fn default_intra_op_threads(sessions: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / sessions.max(1)).max(1)
 }
 
 #[cfg(test)]

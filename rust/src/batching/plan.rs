@@ -1,10 +1,12 @@
 //! The per-model batch plan: MindSpore's batch-size rules checked once at load (section 6 texts), the per-instance
 //! input check run before queueing, and the stacking of instances into full-batch tensors (with padding) and the
-//! split of outputs back into per-instance tensors. Pure data work, no threads: the batch thread calls it.
+//! split of outputs back into per-instance tensors. Pure data work, no threads: the batch thread calls it. Public
+//! so the criterion benches can time stacking and splitting without a thread in between.
 
 use bytes::BytesMut;
 
 use super::BatchConfig;
+use super::policy::BatchPolicy;
 use crate::error::ServeError;
 use crate::model::ModelSignature;
 use crate::tensor::{DType, Tensor, TensorData, element_count};
@@ -47,26 +49,29 @@ struct Slot {
 
 /// One checked instance: inputs reshaped to their slots, plus the key that decides which instances may share a run.
 #[derive(Debug)]
-pub(crate) struct CheckedInstance {
-    pub(crate) inputs: Vec<Tensor>,
+pub struct CheckedInstance {
+    /// The inputs, in model input order, reshaped to their per-instance slot shapes.
+    pub inputs: Vec<Tensor>,
     /// Per-instance shapes of the batched inputs when some slot has a symbolic dim (empty otherwise): only
     /// instances with equal keys can be stacked into one tensor.
-    pub(crate) key: Vec<Vec<i64>>,
+    pub key: Vec<Vec<i64>>,
 }
 
 /// The model's batching rules, computed once from its signature and `BatchConfig`.
 #[derive(Debug)]
-pub(crate) struct BatchPlan {
+pub struct BatchPlan {
     pub(crate) mode: BatchMode,
     slots: Vec<Slot>,
     /// Some batched slot has a symbolic dim, so instances must be grouped by shape.
     pub(crate) group_by_shape: bool,
     outputs: usize,
+    /// When to run and how many rows to take (`max_queue_delay`, preferred batch sizes).
+    pub(crate) policy: BatchPolicy,
 }
 
 impl BatchPlan {
     /// Validates the signature against the config; errors are `Config` naming `model` (the model file).
-    pub(crate) fn new(sig: &ModelSignature, cfg: &BatchConfig, model: &str) -> Result<BatchPlan, ServeError> {
+    pub fn new(sig: &ModelSignature, cfg: &BatchConfig, model: &str) -> Result<BatchPlan, ServeError> {
         let fail = |text: String| ServeError::Config(format!("model file '{model}': {text}"));
         let inputs = sig.inputs.len();
         if let Some(&bad) = cfg.without_batch_dim_inputs.iter().find(|&&i| i >= inputs) {
@@ -88,11 +93,13 @@ impl BatchPlan {
                     elements: static_elements(&io.shape),
                 })
                 .collect();
+            check_preferred(BatchMode::Whole, &cfg.preferred_batch_sizes).map_err(fail)?;
             return Ok(BatchPlan {
                 mode: BatchMode::Whole,
                 slots,
                 group_by_shape: false,
                 outputs: sig.outputs.len(),
+                policy: BatchPolicy::new(1, Vec::new(), cfg.max_queue_delay),
             });
         }
 
@@ -128,17 +135,28 @@ impl BatchPlan {
             })
             .collect();
         let group_by_shape = slots.iter().any(|s| s.batched && s.elements.is_none());
+        let policy = BatchPolicy::new(
+            mode.batch_size(),
+            check_preferred(mode, &cfg.preferred_batch_sizes).map_err(fail)?,
+            cfg.max_queue_delay,
+        );
         Ok(BatchPlan {
             mode,
             slots,
             group_by_shape,
             outputs: sig.outputs.len(),
+            policy,
         })
+    }
+
+    /// Most instances per run: 1 without a batch dim, `N` for a static dim 0, `max_batch_size` for a symbolic one.
+    pub fn batch_size(&self) -> usize {
+        self.mode.batch_size()
     }
 
     /// MindSpore's per-instance check (byte size and dtype, never the shape, for static slots; dtype and rank for
     /// symbolic ones). Reshapes each input to its slot, so a `[1, 2]` float32 instance fills a `[2]` slot.
-    pub(crate) fn check_instance(&self, mut inputs: Vec<Tensor>) -> Result<CheckedInstance, ServeError> {
+    pub fn check_instance(&self, mut inputs: Vec<Tensor>) -> Result<CheckedInstance, ServeError> {
         let bad = |text: String| Err(ServeError::InvalidInput(text));
         if inputs.len() < self.slots.len() {
             return bad(format!(
@@ -217,7 +235,7 @@ impl BatchPlan {
     }
 
     /// Rows the model gets for `real` instances (`real` plus padding for a fixed batch size).
-    pub(crate) fn rows(&self, real: usize) -> usize {
+    pub fn rows(&self, real: usize) -> usize {
         match self.mode {
             BatchMode::Whole | BatchMode::Dynamic(_) => real,
             BatchMode::Fixed(n) => n,
@@ -227,7 +245,7 @@ impl BatchPlan {
     /// Stacks the instances (same key, 1..=batch size of them) into full-batch inputs in model order. Batched
     /// inputs get a new dim 0 of `rows(instances.len())`, padded with the first instance; unbatched inputs are
     /// taken from the first instance.
-    pub(crate) fn stack(&self, instances: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
+    pub fn stack(&self, instances: &[Vec<Tensor>]) -> Result<Vec<Tensor>, String> {
         let first = instances.first().ok_or("empty batch")?;
         let rows = self.rows(instances.len());
         let mut stacked = Vec::with_capacity(self.slots.len());
@@ -281,7 +299,7 @@ impl BatchPlan {
 
     /// Cuts full-batch outputs (model order) into per-instance outputs for the first `real` rows; padding rows are
     /// dropped. Uses the shapes ORT actually returned.
-    pub(crate) fn split(&self, outputs: Vec<Tensor>, real: usize) -> Result<Vec<Vec<Tensor>>, String> {
+    pub fn split(&self, outputs: Vec<Tensor>, real: usize) -> Result<Vec<Vec<Tensor>>, String> {
         if outputs.len() != self.outputs {
             return Err(format!(
                 "the model returned {} outputs, its signature has {}",
@@ -332,6 +350,31 @@ impl BatchPlan {
             }
         }
         Ok(per_instance)
+    }
+}
+
+/// Preferred batch sizes only make sense for a symbolic dim 0, and each must fit `max_batch_size`.
+fn check_preferred(mode: BatchMode, preferred: &[usize]) -> Result<Vec<usize>, String> {
+    if preferred.is_empty() {
+        return Ok(Vec::new());
+    }
+    match mode {
+        BatchMode::Dynamic(max) => {
+            if let Some(&bad) = preferred.iter().find(|&&p| p == 0 || p > max) {
+                return Err(format!(
+                    "preferred batch size {bad} is out of range: it must be in [1, max_batch_size {max}]"
+                ));
+            }
+            Ok(preferred.to_vec())
+        }
+        BatchMode::Fixed(n) => Err(format!(
+            "preferred_batch_sizes {preferred:?} needs a symbolic batch dimension, but the model's batch \
+             dimension is static: every run has {n} rows"
+        )),
+        BatchMode::Whole => Err(format!(
+            "preferred_batch_sizes {preferred:?} needs with_batch_dim=True: without a batch dimension every run has \
+             one instance"
+        )),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -28,9 +29,8 @@ fn sig(inputs: Vec<IoInfo>, outputs: Vec<IoInfo>) -> ModelSignature {
 
 fn batched(max: Option<usize>) -> BatchConfig {
     BatchConfig {
-        with_batch_dim: true,
-        without_batch_dim_inputs: vec![],
         max_batch_size: max,
+        ..BatchConfig::default()
     }
 }
 
@@ -136,8 +136,7 @@ fn batch_sizes() {
     assert_eq!(plan(&fixed_sig(-1), &batched(Some(5))), BatchMode::Dynamic(5));
     let whole = BatchConfig {
         with_batch_dim: false,
-        without_batch_dim_inputs: vec![],
-        max_batch_size: None,
+        ..BatchConfig::default()
     };
     assert_eq!(plan(&fixed_sig(4), &whole), BatchMode::Whole);
     assert_eq!(BatchMode::Whole.batch_size(), 1);
@@ -424,8 +423,8 @@ fn strings_stack_and_split() {
 fn whole_tensors_without_batch_dim() {
     let cfg = BatchConfig {
         with_batch_dim: false,
-        without_batch_dim_inputs: vec![],
         max_batch_size: Some(8),
+        ..BatchConfig::default()
     };
     let gated = Gated::new(fixed_sig(2), &cfg, echo);
     assert_eq!(gated.queue.batch_size(), 1);
@@ -586,6 +585,249 @@ fn shutdown_finishes_queued_work_then_refuses() {
         "{err:?}"
     );
     gated.queue.shutdown();
+}
+
+// ---- scheduling: queue delay, preferred sizes, several runners ----
+
+/// How long a step that must not block may take before the test calls it a hang (never a performance threshold).
+const GUARD: Duration = Duration::from_mins(1);
+
+/// Runs `f` on its own thread and fails the test if it has not finished within a minute: a guard against a hang
+/// in code that must not wait (never a performance threshold).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(GUARD)
+        .unwrap_or_else(|_| panic!("{what}: still blocked after 60 s"))
+}
+
+fn dynamic(max: usize, delay: Duration, preferred: &[usize]) -> BatchConfig {
+    BatchConfig {
+        max_batch_size: Some(max),
+        max_queue_delay: delay,
+        preferred_batch_sizes: preferred.to_vec(),
+        ..BatchConfig::default()
+    }
+}
+
+/// An echo runner that records the row count of every run.
+fn counting_echo() -> (Box<dyn BatchRunner>, Arc<Mutex<Vec<i64>>>) {
+    let rows: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let seen = Arc::clone(&rows);
+    let runner = move |inputs: Vec<Tensor>| {
+        seen.lock().unwrap().push(inputs[0].shape[0]);
+        echo(&inputs)
+    };
+    (Box::new(runner), rows)
+}
+
+#[test]
+fn preferred_sizes_are_validated_against_the_batch_mode() {
+    let err = |s: ModelSignature, c: BatchConfig| match BatchPlan::new(&s, &c, "/srv/m.onnx").unwrap_err() {
+        ServeError::Config(text) => text,
+        other => panic!("{other:?}"),
+    };
+    let text = err(fixed_sig(-1), dynamic(8, Duration::ZERO, &[4, 9]));
+    assert!(
+        text.ends_with("preferred batch size 9 is out of range: it must be in [1, max_batch_size 8]"),
+        "{text}"
+    );
+    let text = err(fixed_sig(-1), dynamic(8, Duration::ZERO, &[0]));
+    assert!(text.contains("preferred batch size 0 is out of range"), "{text}");
+    let text = err(fixed_sig(4), dynamic(8, Duration::ZERO, &[2]));
+    assert!(
+        text.contains("needs a symbolic batch dimension") && text.contains("every run has 4 rows"),
+        "{text}"
+    );
+    let whole = BatchConfig {
+        with_batch_dim: false,
+        preferred_batch_sizes: vec![2],
+        ..BatchConfig::default()
+    };
+    let text = err(fixed_sig(-1), whole);
+    assert!(text.contains("needs with_batch_dim=True"), "{text}");
+    // a static batch dimension takes a queue delay (it waits to fill its rows instead of padding)
+    let plan = BatchPlan::new(&fixed_sig(4), &dynamic(8, Duration::from_millis(5), &[]), "m.onnx").unwrap();
+    assert_eq!(plan.batch_size(), 4);
+}
+
+#[test]
+fn queue_delay_waits_for_a_full_batch() {
+    // With an hour of delay, nothing may run before four instances are there; the fourth runs them at once.
+    let (runner, rows) = counting_echo();
+    let cfg = dynamic(4, Duration::from_hours(1), &[]);
+    let queue = ModelQueue::new("m.onnx", fixed_sig(-1), cfg, runner).unwrap();
+    let receivers: Vec<_> = (0..4)
+        .map(|k| queue.submit(vec![row(&[k as f32, 0.0])]).unwrap())
+        .collect();
+    let results = within("a full batch", move || {
+        receivers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), vec![row(&[k as f32, 0.0])]);
+    }
+    assert_eq!(*rows.lock().unwrap(), vec![4], "one run, after the batch filled");
+}
+
+#[test]
+fn queue_delay_runs_a_partial_batch_when_due() {
+    let (runner, rows) = counting_echo();
+    let queue = ModelQueue::new(
+        "m.onnx",
+        fixed_sig(-1),
+        dynamic(4, Duration::from_millis(20), &[]),
+        runner,
+    )
+    .unwrap();
+    let pending = queue.submit(vec![row(&[1.0, 2.0])]).unwrap();
+    let result = within("a due partial batch", move || pending.blocking_recv().unwrap());
+    assert_eq!(result.unwrap(), vec![row(&[1.0, 2.0])]);
+    assert_eq!(*rows.lock().unwrap(), vec![1]);
+}
+
+#[test]
+fn shutdown_runs_waiting_instances_without_their_delay() {
+    let (runner, rows) = counting_echo();
+    let cfg = dynamic(4, Duration::from_hours(1), &[]);
+    let queue = ModelQueue::new("m.onnx", fixed_sig(-1), cfg, runner).unwrap();
+    let pending = queue.submit(vec![row(&[3.0, 4.0])]).unwrap();
+    let result = within("shutdown", move || {
+        queue.shutdown();
+        pending.blocking_recv().unwrap()
+    });
+    assert_eq!(result.unwrap(), vec![row(&[3.0, 4.0])]);
+    assert_eq!(*rows.lock().unwrap(), vec![1]);
+}
+
+#[test]
+fn fixed_batches_wait_to_fill_instead_of_padding() {
+    let (runner, rows) = counting_echo();
+    let cfg = dynamic(8, Duration::from_hours(1), &[]);
+    let queue = ModelQueue::new("m.onnx", fixed_sig(2), cfg, runner).unwrap();
+    let a = queue.submit(vec![row(&[1.0, 1.0])]).unwrap();
+    let b = queue.submit(vec![row(&[2.0, 2.0])]).unwrap();
+    let (a, b) = within("a full fixed batch", move || {
+        (a.blocking_recv().unwrap(), b.blocking_recv().unwrap())
+    });
+    assert_eq!(
+        (a.unwrap(), b.unwrap()),
+        (vec![row(&[1.0, 1.0])], vec![row(&[2.0, 2.0])])
+    );
+    assert_eq!(*rows.lock().unwrap(), vec![2]);
+}
+
+#[test]
+fn preferred_sizes_split_what_is_queued() {
+    let gated = Gated::new(fixed_sig(-1), &dynamic(8, Duration::ZERO, &[4]), echo);
+    let instances: Vec<Vec<Tensor>> = (0..7).map(|k| vec![row(&[k as f32, 0.0])]).collect();
+    let (results, calls) = gated.run_behind_blocker(vec![row(&[0.0, 0.0])], instances);
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), vec![row(&[k as f32, 0.0])]);
+    }
+    let sizes: Vec<i64> = calls.iter().map(|c| c[0].shape[0]).collect();
+    assert_eq!(sizes, vec![4, 3], "a preferred batch of 4 first, then the rest");
+}
+
+/// A runner that reports each run on `ran` and, for the first run only, blocks until `release` fires.
+fn gated_runner(
+    id: usize,
+    ran: std_mpsc::Sender<(usize, Vec<f32>)>,
+    release: Option<std_mpsc::Receiver<()>>,
+) -> Box<dyn BatchRunner> {
+    let mut release = release;
+    Box::new(move |inputs: Vec<Tensor>| {
+        ran.send((id, inputs[0].to_values::<f32>().unwrap())).unwrap();
+        if let Some(gate) = release.take() {
+            gate.recv().unwrap();
+        }
+        echo(&inputs)
+    })
+}
+
+#[test]
+fn idle_runners_take_the_next_batch() {
+    let (ran_tx, ran) = std_mpsc::channel();
+    let (release_0, gate_0) = std_mpsc::channel();
+    let (release_1, gate_1) = std_mpsc::channel();
+    let runners = vec![
+        gated_runner(0, ran_tx.clone(), Some(gate_0)),
+        gated_runner(1, ran_tx, Some(gate_1)),
+    ];
+    let queue = ModelQueue::with_runners("/m/two.onnx", fixed_sig(-1), batched(Some(4)), runners).unwrap();
+    assert_eq!(queue.runners(), 2);
+    let first = queue.submit(vec![row(&[1.0, 1.0])]).unwrap();
+    let (busy, values) = ran.recv_timeout(GUARD).expect("the first batch runs");
+    assert_eq!(values, vec![1.0, 1.0]);
+    // `busy` is blocked inside its run: the next batch must start on the other runner meanwhile.
+    let second = queue.submit(vec![row(&[2.0, 2.0])]).unwrap();
+    let (other, values) = ran
+        .recv_timeout(GUARD)
+        .expect("the idle runner takes the second batch while the first runner is busy");
+    assert_ne!(other, busy);
+    assert_eq!(values, vec![2.0, 2.0]);
+    release_0.send(()).unwrap();
+    release_1.send(()).unwrap();
+    let (first, second) = within("both runs", move || {
+        (first.blocking_recv().unwrap(), second.blocking_recv().unwrap())
+    });
+    assert_eq!(first.unwrap(), vec![row(&[1.0, 1.0])]);
+    assert_eq!(second.unwrap(), vec![row(&[2.0, 2.0])]);
+    // Afterwards both keep serving; shutdown drains the queue through whichever runner is free.
+    let receivers: Vec<_> = (0..6)
+        .map(|k| queue.submit(vec![row(&[k as f32, 5.0])]).unwrap())
+        .collect();
+    let results = within("drain", move || {
+        queue.shutdown();
+        receivers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (k, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), vec![row(&[k as f32, 5.0])]);
+    }
+    let runs: Vec<usize> = ran.try_iter().map(|(id, _)| id).collect();
+    assert!(!runs.is_empty() && runs.iter().all(|&id| id < 2), "{runs:?}");
+}
+
+#[test]
+fn a_failing_runner_does_not_stop_the_others() {
+    let broken = |_: Vec<Tensor>| -> Result<Vec<Tensor>, ServeError> { panic!("device lost") };
+    let runners: Vec<Box<dyn BatchRunner>> = vec![Box::new(broken), Box::new(|i: Vec<Tensor>| echo(&i))];
+    let queue = ModelQueue::with_runners("/m/two.onnx", fixed_sig(-1), batched(Some(1)), runners).unwrap();
+    // Some instances may land on the broken runner and fail with its text; every one is answered, and the queue
+    // keeps serving through the healthy runner.
+    let mut ok = 0;
+    for k in 0..20 {
+        match queue.infer_blocking(vec![row(&[k as f32, 0.0])]) {
+            Ok(out) => {
+                assert_eq!(out, vec![row(&[k as f32, 0.0])]);
+                ok += 1;
+            }
+            Err(ServeError::Model(text)) => assert!(text.contains("device lost"), "{text}"),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(ok > 0, "the healthy runner answered nothing");
+    let err = ModelQueue::with_runners("/m/none.onnx", fixed_sig(-1), batched(None), Vec::new()).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::Config(t) if t.contains("none.onnx") && t.contains("at least one runner")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn default_intra_op_threads_share_the_cores() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    assert_eq!(default_intra_op_threads(1), cores);
+    assert_eq!(default_intra_op_threads(0), cores);
+    assert_eq!(default_intra_op_threads(cores * 4), 1);
+    assert_eq!(default_intra_op_threads(2), (cores / 2).max(1));
 }
 
 // ---- real ONNX Runtime sessions ----

@@ -1,4 +1,7 @@
 //! Wire formats <-> core types, one file per format. No routing or scheduling here.
 
+pub mod kserve;
+pub mod kserve_json;
+pub mod kserve_proto;
 pub mod ms_json;
 pub mod ms_proto;

@@ -2,6 +2,7 @@
 //! MindSpore client expects; only transport limits (message size) use gRPC status codes.
 
 use crate::codec::ms_proto;
+use crate::metrics::Protocol;
 use crate::proto::ms::ms_service_server::{MsService, MsServiceServer};
 use crate::proto::ms::{PredictReply, PredictRequest};
 use crate::request;
@@ -20,7 +21,7 @@ impl MsService for MsGrpc {
         let message = request.into_inner();
         let spec = message.servable_spec.clone().unwrap_or_default();
         let reply = match ms_proto::decode_request(message) {
-            Ok(decoded) => self.service.predict(decoded).await,
+            Ok(decoded) => self.service.predict_via(decoded, Protocol::MindsporeGrpc).await,
             Err(err) => request::PredictReply::Failed(err),
         };
         Ok(Response::new(ms_proto::encode_reply(spec, &reply)))

@@ -3,6 +3,7 @@
 //! does the parsing with the codec; every answer is HTTP 200 JSON, errors included.
 
 use crate::codec::ms_json;
+use crate::metrics::Protocol;
 use crate::request::PredictRequest;
 use crate::service::Service;
 use axum::Router;
@@ -18,13 +19,18 @@ struct RestState {
     max_bytes: usize,
 }
 
-/// The REST router; `max_bytes` is the request body limit.
+/// The REST router; `max_bytes` is the request body limit. The Open Inference Protocol routes (`/v2...`) and
+/// `/metrics` come first; every other path goes to MindSpore's keyword parser, as before.
 pub fn router(service: Arc<Service>, max_bytes: usize) -> Router {
     Router::new()
         .fallback(mindspore_rest)
         // NOTE: the body limit is enforced in the handler, so the client gets MindSpore's text, not a bare 413.
         .layer(DefaultBodyLimit::disable())
-        .with_state(RestState { service, max_bytes })
+        .with_state(RestState {
+            service: service.clone(),
+            max_bytes,
+        })
+        .merge(super::kserve_http::routes(service, max_bytes))
 }
 
 fn json_reply(value: &serde_json::Value) -> Response {
@@ -52,6 +58,9 @@ async fn mindspore_rest(State(state): State<RestState>, method: Method, uri: Uri
         Ok(instances) => instances,
         Err(err) => return json_reply(&ms_json::error_body(err.message())),
     };
-    let reply = state.service.predict(PredictRequest { target, instances }).await;
+    let reply = state
+        .service
+        .predict_via(PredictRequest { target, instances }, Protocol::MindsporeRest)
+        .await;
     json_reply(&ms_json::encode_reply(&reply))
 }

@@ -3,3 +3,6 @@
 
 pub mod grpc;
 pub mod http;
+pub mod kserve;
+pub mod kserve_grpc;
+pub mod kserve_http;

@@ -1,16 +1,23 @@
 //! The `#[pyclass]` / `#[pyfunction]` surface of `rustserve._rustserve` (see _rustserve.pyi). Every call that
 //! blocks releases the GIL first, and every error leaves as one of the module's exception types.
 
+use super::dispatch::Dispatcher;
 use super::executor::PyExecutor;
+use super::ipc::FunctionEntry;
+use super::spec::WorkerSettings;
+use super::workers::{WorkerConfig, WorkerHandle};
 use super::{ServableStartError, ServerStartError, spec};
 use crate::error::ServeError;
 use crate::runtime::ServerRuntime;
-use crate::servable::loader;
-use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Service};
+use crate::servable::spec::{FunctionId, ServableSpec, StageKind};
+use crate::servable::{ServableVersion, loader};
+use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Repository, Service};
+use futures::future::BoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const MB: usize = 1024 * 1024;
 
@@ -19,6 +26,8 @@ const MB: usize = 1024 * 1024;
 pub struct PyServer {
     runtime: ServerRuntime,
     executor: Arc<PyExecutor>,
+    dispatcher: Arc<Dispatcher>,
+    workers: Mutex<Vec<Arc<WorkerHandle>>>,
     service: Arc<Service>,
     stopped: AtomicBool,
 }
@@ -33,11 +42,14 @@ impl PyServer {
     #[pyo3(signature = (worker_threads = 0))]
     fn new(worker_threads: usize) -> PyResult<Self> {
         let runtime = ServerRuntime::new(worker_threads).map_err(|e| ServerStartError::new_err(e.to_string()))?;
-        let executor = Arc::new(PyExecutor::start().map_err(|e| ServerStartError::new_err(e.to_string()))?);
-        let service = Arc::new(Service::new(executor.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
+        let executor = Arc::new(PyExecutor::spawn().map_err(|e| ServerStartError::new_err(e.to_string()))?);
+        let dispatcher = Arc::new(Dispatcher::new(executor.clone()));
+        let service = Arc::new(Service::new(dispatcher.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
         Ok(PyServer {
             runtime,
             executor,
+            dispatcher,
+            workers: Mutex::default(),
             service,
             stopped: AtomicBool::new(false),
         })
@@ -48,7 +60,8 @@ impl PyServer {
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServableStartError::new_err("the server has been stopped"));
         }
-        let specs = specs
+        let dicts = specs;
+        let specs = dicts
             .iter()
             .map(|d| spec::servable(d, &self.executor))
             .collect::<PyResult<Vec<_>>>()?;
@@ -60,9 +73,18 @@ impl PyServer {
                 )));
             }
         }
+        let settings = dicts.iter().map(spec::worker_settings).collect::<PyResult<Vec<_>>>()?;
+        let plans = worker_plans(py, &specs, &settings)?;
         let loaded = py
             .detach(move || specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>())
             .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
+        let workers = py
+            .detach(|| start_workers(&self.dispatcher, plans))
+            .map_err(ServableStartError::new_err)?;
+        self.workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(workers);
         for servable in loaded {
             tracing::info!(
                 "servable '{}' version {} ready, methods: {}",
@@ -89,6 +111,17 @@ impl PyServer {
             .map_err(start_error)
     }
 
+    /// Installs the model repository that the Open Inference Protocol's repository extension loads servables from:
+    /// `loader.names()` lists the servable names it holds, `loader.load(name)` returns the spec dicts of every version
+    /// of one servable (importing its servable_config.py). Both are called on a blocking thread, never on a tokio
+    /// worker.
+    fn set_repository(&self, loader: Py<PyAny>) {
+        self.service.set_repository(Arc::new(PyRepository {
+            loader: Arc::new(loader),
+            executor: self.executor.clone(),
+        }));
+    }
+
     /// (name, version, method names) of every loaded servable version.
     fn servables(&self) -> Vec<(String, u64, Vec<String>)> {
         self.service
@@ -105,14 +138,207 @@ impl PyServer {
             return;
         }
         py.detach(|| {
+            self.service.set_stopping();
             self.runtime.stop();
+            self.dispatcher.shutdown();
+            let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+            // Signal every worker first so they stop in parallel, then wait for each.
+            for worker in &workers {
+                worker.begin_stop();
+            }
             self.executor.shutdown();
+            for worker in &workers {
+                worker.join();
+            }
             self.service.registry.clear();
         });
     }
 
     fn is_running(&self) -> bool {
         !self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Pids of the running Python worker processes (a restarting worker has none for a moment).
+    fn worker_pids(&self) -> Vec<u32> {
+        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers.iter().filter_map(|w| w.pid()).collect()
+    }
+}
+
+/// The worker processes one servable version needs.
+struct WorkerPlan {
+    config: WorkerConfig,
+    count: usize,
+    functions: Vec<FunctionId>,
+}
+
+/// Worker plans for specs with `num_parallel_workers` > 1 and at least one Python stage.
+fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettings]) -> PyResult<Vec<WorkerPlan>> {
+    let mut plans = Vec::new();
+    for (spec, settings) in specs.iter().zip(settings) {
+        if settings.num_parallel_workers < 2 {
+            continue;
+        }
+        let mut entries = Vec::new();
+        let mut functions = Vec::new();
+        for method in &spec.methods {
+            for (k, stage) in method.stages.iter().enumerate() {
+                if let StageKind::Function { function, name, .. } = &stage.kind {
+                    entries.push(FunctionEntry {
+                        id: function.0 as u64,
+                        method: method.name.clone(),
+                        stage_index: (k + 1) as u32,
+                        name: name.clone(),
+                    });
+                    functions.push(*function);
+                }
+            }
+        }
+        if functions.is_empty() {
+            tracing::info!(
+                "servable '{}' version {}: no Python stage, so num_parallel_workers={} starts no worker process",
+                spec.name,
+                spec.version,
+                settings.num_parallel_workers
+            );
+            continue;
+        }
+        // The same interpreter as the server, so the worker imports the same packages.
+        let python: String = py.import("sys")?.getattr("executable")?.extract()?;
+        if python.is_empty() {
+            return Err(ServableStartError::new_err(
+                "cannot start Python worker processes: sys.executable is empty in this interpreter",
+            ));
+        }
+        let log_level = tracing::level_filters::LevelFilter::current().to_string();
+        plans.push(WorkerPlan {
+            config: WorkerConfig {
+                python: PathBuf::from(python),
+                directory: settings.directory.clone(),
+                servable: spec.name.clone(),
+                version: spec.version,
+                number: 0,
+                functions: entries,
+                log_level,
+            },
+            count: settings.num_parallel_workers - 1,
+            functions,
+        });
+    }
+    Ok(plans)
+}
+
+/// Starts every planned worker process in parallel and waits until all are ready; all or none.
+fn start_workers(dispatcher: &Dispatcher, plans: Vec<WorkerPlan>) -> Result<Vec<Arc<WorkerHandle>>, String> {
+    let mut handles = Vec::new();
+    let mut waits = Vec::new();
+    let mut error = None;
+    for plan in plans {
+        let pool = dispatcher.add_pool(&plan.functions);
+        for number in 1..=plan.count {
+            let config = WorkerConfig {
+                number,
+                ..plan.config.clone()
+            };
+            let started = WorkerHandle::new(config).and_then(|handle| {
+                let control = dispatcher.add_executor(pool, handle.clone());
+                handle.start(control).map(|ready| (handle, ready))
+            });
+            match started {
+                Ok((handle, ready)) => {
+                    handles.push(handle);
+                    waits.push(ready);
+                }
+                Err(e) => {
+                    error = Some(format!("cannot start a Python worker process: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    for ready in waits {
+        match ready.recv() {
+            Ok(Ok(pid)) => tracing::info!("Python worker process {pid} ready"),
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(_) => {
+                error.get_or_insert_with(|| "a Python worker supervisor ended unexpectedly".into());
+            }
+        }
+    }
+    if let Some(error) = error {
+        for handle in &handles {
+            handle.begin_stop();
+        }
+        for handle in &handles {
+            handle.join();
+        }
+        return Err(error);
+    }
+    Ok(handles)
+}
+
+/// The model repository behind `Server.set_repository`: Python does the directory work and the imports, Rust loads
+/// the models with the GIL released.
+struct PyRepository {
+    loader: Arc<Py<PyAny>>,
+    executor: Arc<PyExecutor>,
+}
+
+/// The text of a Python exception (without the traceback).
+fn python_text(py: Python<'_>, err: &PyErr) -> String {
+    err.value(py).to_string()
+}
+
+impl Repository for PyRepository {
+    fn names(&self) -> BoxFuture<'static, Result<Vec<String>, ServeError>> {
+        let loader = self.loader.clone();
+        Box::pin(async move {
+            // NOTE: a blocking-pool thread, not a tokio worker: it may wait for the GIL while a stage runs.
+            tokio::task::spawn_blocking(move || {
+                Python::attach(|py| {
+                    loader
+                        .bind(py)
+                        .call_method0("names")
+                        .and_then(|names| names.extract::<Vec<String>>())
+                        .map_err(|e| {
+                            ServeError::Internal(format!(
+                                "listing the model repository failed: {}",
+                                python_text(py, &e)
+                            ))
+                        })
+                })
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("listing the model repository failed: {e}")))?
+        })
+    }
+
+    fn load(&self, name: String) -> BoxFuture<'static, Result<Vec<ServableVersion>, ServeError>> {
+        let loader = self.loader.clone();
+        let executor = self.executor.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let specs = Python::attach(|py| {
+                    let converted = loader
+                        .bind(py)
+                        .call_method1("load", (name.as_str(),))
+                        .and_then(|list| list.extract::<Vec<Bound<'_, PyDict>>>())
+                        .and_then(|dicts| {
+                            dicts
+                                .iter()
+                                .map(|d| spec::servable(d, &executor))
+                                .collect::<PyResult<Vec<_>>>()
+                        });
+                    converted.map_err(|e| ServeError::Config(python_text(py, &e)))
+                })?;
+                // Outside `attach`: ONNX Runtime builds its sessions without holding the GIL.
+                specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| ServeError::Internal(format!("loading servable failed: {e}")))?
+        })
     }
 }
 

@@ -1,35 +1,48 @@
-//! The GIL thread: one OS thread that attaches to Python once and runs every Python stage of this process.
-//! Tokio tasks hand it jobs over a channel and await a oneshot; it detaches only while it waits for the next
-//! job, so model runs and I/O never wait for the GIL and the GIL is never taken on a tokio worker.
+//! The GIL thread: one OS thread that attaches to Python once and runs the Python stages the dispatcher gives it
+//! (every servable's; worker processes add more executors, see `dispatch` and `workers`). It detaches only while
+//! it waits for the next call, so model runs and I/O never wait for the GIL and the GIL is never taken on a tokio
+//! worker.
 
+use super::dispatch::{StageExecutor, Ticket};
 use super::stages;
 use crate::error::ServeError;
-use crate::pipeline::{FunctionCall, PythonStages};
+use crate::pipeline::FunctionCall;
 use crate::request::InstanceResult;
-use futures::future::BoxFuture;
 use pyo3::prelude::*;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-
-type Job = Box<dyn FnOnce(Python<'_>) + Send>;
 
 /// Python callables of every loaded servable, indexed by `FunctionId`.
 pub type FunctionTable = Arc<RwLock<Vec<Py<PyAny>>>>;
 
-/// Handle to the GIL thread; `shutdown` (or drop) ends it after the job in progress.
+/// Handle to the GIL thread; `shutdown` (or drop) ends it after the call in progress.
 pub struct PyExecutor {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    sender: Mutex<Option<mpsc::Sender<Ticket>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub functions: FunctionTable,
 }
 
-const STOPPED: &str = "Servable stopped";
+/// Runs `call` with the function the table holds for it; always one result per instance.
+fn run(py: Python<'_>, functions: &FunctionTable, call: &FunctionCall) -> Vec<InstanceResult> {
+    let function = {
+        let table = functions.read().unwrap_or_else(PoisonError::into_inner);
+        table.get(call.function.0).map(|f| f.clone_ref(py))
+    };
+    if let Some(function) = function {
+        stages::run(py, function.bind(py), call)
+    } else {
+        let err = ServeError::Internal(format!("stage function {} is not registered", call.name));
+        vec![Err(err); call.instances.len()]
+    }
+}
 
 impl PyExecutor {
     /// Starts the GIL thread.
-    pub fn start() -> std::io::Result<PyExecutor> {
-        let (sender, receiver) = mpsc::channel::<Job>();
+    pub fn spawn() -> std::io::Result<PyExecutor> {
+        let (sender, receiver) = mpsc::channel::<Ticket>();
+        let functions = FunctionTable::default();
+        let table = functions.clone();
         let thread = std::thread::Builder::new()
             .name("rustserve-python".into())
             .spawn(move || {
@@ -37,12 +50,17 @@ impl PyExecutor {
                     let mut receiver = receiver;
                     loop {
                         // `move` + hand back: a borrowed Receiver is not `Sync`, so it cannot cross `detach`.
-                        let (job, back) = py.detach(move || (receiver.recv(), receiver));
+                        let (ticket, back) = py.detach(move || (receiver.recv(), receiver));
                         receiver = back;
-                        let Ok(job) = job else { break };
-                        // A panic in conversion code must not kill the only Python thread.
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py))).is_err() {
-                            tracing::error!("a Python stage job panicked; its request was answered with an error");
+                        let Ok(ticket) = ticket else { break };
+                        // A panic in conversion code must not kill the only Python thread; the ticket, dropped
+                        // unanswered, answers "Servable stopped".
+                        let outcome =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(py, &table, ticket.call())));
+                        if let Ok(results) = outcome {
+                            ticket.complete(results);
+                        } else {
+                            tracing::error!("a Python stage call panicked; its requests got an error");
                         }
                     }
                 });
@@ -50,39 +68,21 @@ impl PyExecutor {
         Ok(PyExecutor {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
-            functions: Arc::default(),
+            functions,
         })
     }
 
     /// Registers a callable and returns its index. Call while attached.
     pub fn add_function(&self, function: Py<PyAny>) -> crate::servable::spec::FunctionId {
-        let mut table = self
-            .functions
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = self.functions.write().unwrap_or_else(PoisonError::into_inner);
         table.push(function);
         crate::servable::spec::FunctionId(table.len() - 1)
     }
 
-    fn send(&self, job: Job) -> Result<(), ServeError> {
-        let guard = self.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match guard.as_ref() {
-            Some(sender) => sender.send(job).map_err(|_| ServeError::Unavailable(STOPPED.into())),
-            None => Err(ServeError::Unavailable(STOPPED.into())),
-        }
-    }
-
-    /// Stops accepting jobs and joins the thread. Call with the GIL released.
+    /// Stops accepting calls and joins the thread. Call with the GIL released.
     pub fn shutdown(&self) {
-        self.sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(thread) = thread
             && thread.thread().id() != std::thread::current().id()
         {
@@ -91,32 +91,18 @@ impl PyExecutor {
     }
 }
 
-impl PythonStages for PyExecutor {
-    fn submit(&self, call: FunctionCall) -> BoxFuture<'static, Vec<InstanceResult>> {
-        let count = call.instances.len();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let functions = self.functions.clone();
-        let job: Job = Box::new(move |py| {
-            let _ = reply.send(stages::run(py, &functions, call));
-        });
-        let sent = self.send(job);
-        Box::pin(async move {
-            if let Err(err) = sent {
-                return vec![Err(err); count];
-            }
-            // A dropped reply (panic, shutdown) is an error for every instance, never a hang.
-            answer
-                .await
-                .unwrap_or_else(|_| vec![Err(ServeError::Unavailable(STOPPED.into())); count])
-        })
+impl StageExecutor for PyExecutor {
+    fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
+        let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(sender) => sender.send(ticket).map_err(|e| e.0),
+            None => Err(ticket),
+        }
     }
 }
 
 impl Drop for PyExecutor {
     fn drop(&mut self) {
-        self.sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 }

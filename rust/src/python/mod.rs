@@ -1,12 +1,16 @@
-//! The Python bridge: the only place (with lib.rs) that touches pyo3. The GIL thread (`executor`), value
+//! The Python bridge: the only place (with lib.rs) that touches pyo3. The GIL thread (`executor`), worker
+//! processes (`workers`, over `ipc`), the dispatcher that shares Python stage calls among them (`dispatch`), value
 //! conversion (`convert`), stage calling conventions (`stages`), spec dicts -> Rust spec (`spec`) and the
 //! `#[pyclass]` types Python sees (`classes`).
 
 pub mod classes;
 pub mod convert;
+pub mod dispatch;
 pub mod executor;
+pub mod ipc;
 pub mod spec;
 pub mod stages;
+pub mod workers;
 
 use pyo3::create_exception;
 

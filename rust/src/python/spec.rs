@@ -56,8 +56,20 @@ fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
         with_batch_dim: item(dict, "with_batch_dim")?,
         without_batch_dim_inputs: item(dict, "without_batch_dim_inputs")?,
         max_batch_size: item(dict, "max_batch_size")?,
+        max_queue_delay: queue_delay(dict)?,
+        preferred_batch_sizes: item(dict, "preferred_batch_sizes")?,
         device,
         intra_op_threads: item(dict, "intra_op_threads")?,
+    })
+}
+
+/// `max_queue_delay_ms` (None = 0) as a `Duration`; register.py validates it, this only refuses what would panic.
+fn queue_delay(dict: &Bound<'_, PyDict>) -> PyResult<std::time::Duration> {
+    let millis: Option<f64> = item(dict, "max_queue_delay_ms")?;
+    std::time::Duration::try_from_secs_f64(millis.unwrap_or(0.0) / 1000.0).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "servable spec: key 'max_queue_delay_ms' must be a finite number >= 0, got {millis:?}: {e}"
+        ))
     })
 }
 
@@ -97,6 +109,22 @@ fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpe
             .iter()
             .map(|s| stage(s, executor))
             .collect::<PyResult<_>>()?,
+    })
+}
+
+/// Where Python worker processes come from; only the Python bridge needs it, so it stays out of `ServableSpec`.
+pub struct WorkerSettings {
+    /// The servable directory (parent of the servable's folder); workers import servable_config.py from it.
+    pub directory: String,
+    /// Python stage executors of the version: the GIL thread plus `num_parallel_workers - 1` worker processes.
+    pub num_parallel_workers: usize,
+}
+
+/// Reads the worker settings of one `ServableSpec` dict.
+pub fn worker_settings(dict: &Bound<'_, PyDict>) -> PyResult<WorkerSettings> {
+    Ok(WorkerSettings {
+        directory: item(dict, "servable_directory")?,
+        num_parallel_workers: item(dict, "num_parallel_workers")?,
     })
 }
 

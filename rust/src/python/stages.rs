@@ -1,10 +1,10 @@
-//! Calling one Python stage for a request's instances, on the GIL thread, with MindSpore's conventions:
-//! per-instance functions get `f(*inputs)`, batch functions get `f([inputs, ...])` and may return a list or
-//! yield per instance. Exceptions fail their instance(s); broken contracts (wrong output count, fewer results,
-//! unconvertible values) fail the whole call but never the server. Also `model_call`, behind `Model.call`.
+//! Calling one Python stage for a call's instances, with MindSpore's conventions: per-instance functions get
+//! `f(*inputs)`, batch functions get `f([inputs, ...])` and may return a list or yield per instance. Exceptions
+//! fail their instance(s); broken contracts (wrong output count, fewer results, unconvertible values) fail the
+//! whole call but never the server. Also `model_call`, behind `Model.call`. The GIL thread and the worker
+//! processes (`workers::run_worker`) both run stages through `run`, so conventions and texts are the same.
 
 use super::convert::{py_to_tensor, tensor_to_py};
-use super::executor::FunctionTable;
 use crate::error::ServeError;
 use crate::pipeline::{FunctionCall, ModelSet};
 use crate::request::InstanceResult;
@@ -12,11 +12,22 @@ use crate::tensor::Tensor;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
+/// `Model.call` in a worker process: sends the converted inputs to the server, which runs them on its batcher.
+pub type RemoteModels = Rc<dyn Fn(Python<'_>, &str, usize, Vec<Vec<Tensor>>) -> Result<Vec<InstanceResult>, String>>;
+
 thread_local! {
-    /// Models of the servable whose stage runs right now on this (the GIL) thread, for `Model.call`.
+    /// Models of the servable whose stage runs right now on this thread, for `Model.call`.
     static CURRENT_MODELS: RefCell<Option<Arc<ModelSet>>> = const { RefCell::new(None) };
+    /// Set for the lifetime of a worker process's loop: `Model.call` goes to the server instead.
+    static REMOTE_MODELS: RefCell<Option<RemoteModels>> = const { RefCell::new(None) };
+}
+
+/// Makes `Model.call` on this thread go through `remote` (a worker process), or back to local models (`None`).
+pub fn set_remote_models(remote: Option<RemoteModels>) {
+    REMOTE_MODELS.with(|r| *r.borrow_mut() = remote);
 }
 
 /// Why a call went wrong: a user exception (per instance) or a broken contract (the whole call).
@@ -181,28 +192,14 @@ impl Call<'_> {
     }
 }
 
-/// Runs a stage call on the GIL thread; always answers one result per instance.
-pub fn run(py: Python<'_>, functions: &FunctionTable, call: FunctionCall) -> Vec<InstanceResult> {
+/// Runs a stage call with `function` (while attached); always answers one result per instance.
+pub fn run(py: Python<'_>, function: &Bound<'_, PyAny>, call: &FunctionCall) -> Vec<InstanceResult> {
     let n = call.instances.len();
-    let function = {
-        let table = functions.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        table.get(call.function.0).map(|f| f.clone_ref(py))
-    };
-    let Some(function) = function else {
-        return vec![
-            Err(ServeError::Internal(format!(
-                "stage function {} is not registered",
-                call.name
-            )));
-            n
-        ];
-    };
-    let function = function.into_bound(py);
     CURRENT_MODELS.with(|c| *c.borrow_mut() = Some(call.models.clone()));
-    let stage = Call { call: &call };
+    let stage = Call { call };
     let outcome = match call.batch_size {
-        None => stage.per_instance(py, &function),
-        Some(size) => stage.batched(py, &function, size),
+        None => stage.per_instance(py, function),
+        Some(size) => stage.batched(py, function, size),
     };
     CURRENT_MODELS.with(|c| *c.borrow_mut() = None);
     match outcome {
@@ -214,8 +211,54 @@ pub fn run(py: Python<'_>, functions: &FunctionTable, call: FunctionCall) -> Vec
     }
 }
 
+/// Runs per-instance `inputs` on a declared model of `models` and waits for every result (blocking: call it with
+/// the GIL released, never on a tokio worker). The one implementation of `Model.call`'s checks and texts, for
+/// the GIL thread and for calls that worker processes send to the server.
+pub fn run_models(
+    models: &ModelSet,
+    model_key: &str,
+    subgraph: usize,
+    inputs: Vec<Vec<Tensor>>,
+) -> Result<Vec<InstanceResult>, String> {
+    let index = models
+        .by_key
+        .get(model_key)
+        .copied()
+        .ok_or_else(|| format!("the model is not declared, model: {model_key}"))?;
+    let queue = models
+        .queue(index, 0)
+        .and_then(|_| models.queue(index, subgraph))
+        .cloned()
+        .ok_or_else(|| {
+            let count = models.queues.get(index).map_or(0, Vec::len);
+            format!("The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}")
+        })?;
+    if inputs.is_empty() {
+        return Err("Input instances count is 0".into());
+    }
+    let expected = queue.signature().inputs.len();
+    if let Some((i, values)) = inputs.iter().enumerate().find(|(_, v)| v.len() != expected) {
+        return Err(format!(
+            "The inputs count {} of instance {i} is not equal to the inputs count {expected} of the model",
+            values.len()
+        ));
+    }
+    // Submit every instance first so they can share a batch, then wait.
+    let pending: Vec<_> = inputs.into_iter().map(|x| queue.submit(x)).collect();
+    Ok(pending
+        .into_iter()
+        .map(|rx| {
+            rx.and_then(|rx| {
+                rx.blocking_recv()
+                    .unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
+            })
+        })
+        .collect())
+}
+
 /// Runs a declared model of the calling servable on per-instance inputs (the native half of `Model.call`).
-/// Returns one tuple of outputs per instance. Blocks the GIL thread, with the GIL released, until done.
+/// Returns one tuple of outputs per instance. Blocks the calling stage, with the GIL released, until done; in a
+/// worker process the model runs in the server, on the same batcher.
 #[pyfunction]
 pub fn model_call(
     py: Python<'_>,
@@ -229,49 +272,18 @@ pub fn model_call(
             "it can only be used inside a Python stage while serving",
         ));
     };
-    let index = models
-        .by_key
-        .get(model_key)
-        .copied()
-        .ok_or_else(|| super::ModelCallError::new_err(format!("the model is not declared, model: {model_key}")))?;
-    let queue = models
-        .queue(index, 0)
-        .and_then(|_| models.queue(index, subgraph))
-        .cloned()
-        .ok_or_else(|| {
-            let count = models.queues.get(index).map_or(0, Vec::len);
-            super::ModelCallError::new_err(format!(
-                "The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}"
-            ))
-        })?;
-    if instances.is_empty() {
-        return Err(super::ModelCallError::new_err("Input instances count is 0"));
-    }
-    let expected = queue.signature().inputs.len();
     let mut inputs = Vec::with_capacity(instances.len());
-    for (i, values) in instances.iter().enumerate() {
-        if values.len() != expected {
-            return Err(super::ModelCallError::new_err(format!(
-                "The inputs count {} of instance {i} is not equal to the inputs count {expected} of the model",
-                values.len()
-            )));
-        }
+    for values in &instances {
         let tensors = values.iter().map(py_to_tensor).collect::<Result<Vec<_>, _>>();
         inputs.push(tensors.map_err(super::ModelCallError::new_err)?);
     }
-    // Submit every instance first so they can share a batch, then wait with the GIL released.
-    let results: Vec<_> = py.detach(move || {
-        let pending: Vec<_> = inputs.into_iter().map(|x| queue.submit(x)).collect();
-        pending
-            .into_iter()
-            .map(|rx| {
-                rx.and_then(|rx| {
-                    rx.blocking_recv()
-                        .unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
-                })
-            })
-            .collect()
-    });
+    let remote = REMOTE_MODELS.with(|r| r.borrow().clone());
+    let key = model_key.to_owned();
+    let results = match remote {
+        Some(remote) => remote(py, model_key, subgraph, inputs),
+        None => py.detach(move || run_models(&models, &key, subgraph, inputs)),
+    }
+    .map_err(super::ModelCallError::new_err)?;
     results
         .into_iter()
         .map(|result| {

@@ -49,6 +49,29 @@ impl Registry {
         table.get(name).is_some_and(|v| v.contains_key(&version))
     }
 
+    /// Replaces every version of servable `name` with `versions` in one step (requests see the old set or the new
+    /// one, never a mix); returns the versions that were replaced.
+    pub fn replace(&self, name: &str, versions: Vec<ServableVersion>) -> Vec<Arc<ServableVersion>> {
+        let fresh: BTreeMap<u64, Arc<ServableVersion>> =
+            versions.into_iter().map(|v| (v.version, Arc::new(v))).collect();
+        let mut table = self
+            .servables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = if fresh.is_empty() {
+            table.remove(name)
+        } else {
+            table.insert(name.to_owned(), fresh)
+        };
+        old.map(|v| v.into_values().collect()).unwrap_or_default()
+    }
+
+    /// Removes every version of servable `name`; returns them (empty when it was not loaded). Requests holding a
+    /// version keep it until they finish.
+    pub fn remove(&self, name: &str) -> Vec<Arc<ServableVersion>> {
+        self.replace(name, Vec::new())
+    }
+
     /// Drops every servable (their model threads stop when the last request holding them ends).
     pub fn clear(&self) {
         self.servables
@@ -83,5 +106,21 @@ mod tests {
         assert!(registry.get("add", 3).is_none());
         assert!(registry.get("nope", 0).is_none());
         assert_eq!(registry.all().len(), 3);
+    }
+
+    #[test]
+    fn replace_and_remove_swap_whole_servables() {
+        let registry = Registry::default();
+        registry.insert(version("add", 1));
+        registry.insert(version("add", 2));
+        registry.insert(version("other", 1));
+        let old = registry.replace("add", vec![version("add", 3)]);
+        assert_eq!(old.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(registry.get("add", 0).unwrap().version, 3);
+        assert!(registry.get("add", 1).is_none());
+        assert_eq!(registry.remove("add").len(), 1);
+        assert!(registry.get("add", 0).is_none());
+        assert!(registry.remove("add").is_empty());
+        assert_eq!(registry.get("other", 0).unwrap().version, 1);
     }
 }

@@ -28,6 +28,11 @@ pub struct ModelSpec {
     pub with_batch_dim: bool,
     pub without_batch_dim_inputs: Vec<usize>,
     pub max_batch_size: Option<usize>,
+    /// Longest an instance waits for others to fill its batch (`declare_model(max_queue_delay_ms=...)`); zero never
+    /// waits.
+    pub max_queue_delay: std::time::Duration,
+    /// Run sizes to prefer for a symbolic batch dimension (`declare_model(preferred_batch_sizes=...)`).
+    pub preferred_batch_sizes: Vec<usize>,
     pub device: DeviceKind,
     pub intra_op_threads: Option<usize>,
 }

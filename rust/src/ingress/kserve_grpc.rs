@@ -1,0 +1,159 @@
+//! Open Inference Protocol (KServe v2) gRPC over tonic: `inference.GRPCInferenceService`, served on the same port as
+//! MindSpore's `MSService` next to the standard `grpc.health.v1.Health`. Errors are gRPC statuses:
+//! INVALID_ARGUMENT (bad request), NOT_FOUND (unknown model or version), UNAVAILABLE (not ready) or INTERNAL.
+
+use super::kserve::{self, Status as V2Status, V2Error};
+use crate::codec::kserve_proto::pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use crate::codec::kserve_proto::{self, pb};
+use crate::metrics::Protocol;
+use crate::service::Service;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// The tonic service; one per server, sharing the `Service`.
+pub struct KserveGrpc {
+    service: Arc<Service>,
+}
+
+fn status(err: V2Error) -> Status {
+    let code = match err.status {
+        V2Status::BadRequest => tonic::Code::InvalidArgument,
+        V2Status::NotFound => tonic::Code::NotFound,
+        V2Status::TooLarge => tonic::Code::ResourceExhausted,
+        V2Status::Unavailable => tonic::Code::Unavailable,
+        V2Status::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, err.message)
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for KserveGrpc {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.service.is_ready(),
+        }))
+    }
+
+    async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
+        let request = request.into_inner();
+        let found = kserve::resolve(&self.service, &request.name, &request.version).is_ok();
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: found && self.service.is_ready(),
+        }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Reply<pb::ServerMetadataResponse> {
+        Ok(Response::new(kserve_proto::server_metadata()))
+    }
+
+    async fn model_metadata(&self, request: Request<pb::ModelMetadataRequest>) -> Reply<pb::ModelMetadataResponse> {
+        let request = request.into_inner();
+        let resolved = kserve::resolve(&self.service, &request.name, &request.version).map_err(status)?;
+        let description = kserve::describe(&self.service, &resolved);
+        Ok(Response::new(kserve_proto::model_metadata(&description)))
+    }
+
+    async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
+        let started = Instant::now();
+        let message = request.into_inner();
+        let resolved = match kserve::resolve(&self.service, &message.model_name, &message.model_version) {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                self.service.metrics.reject(Protocol::KserveGrpc);
+                return Err(status(err));
+            }
+        };
+        let request = match kserve_proto::decode_request(message) {
+            Ok(request) => request,
+            Err(e) => {
+                kserve::record_failure(&self.service, &resolved, Protocol::KserveGrpc, started.elapsed());
+                return Err(status(V2Error::bad(format!("model '{}': {e}", resolved.name))));
+            }
+        };
+        let answered = kserve::infer(
+            &self.service,
+            &resolved,
+            request,
+            Protocol::KserveGrpc,
+            started.elapsed(),
+        )
+        .await
+        .map_err(status)?;
+        let encoding = Instant::now();
+        let response = kserve_proto::encode_response(answered.response);
+        if let Some(stats) = &answered.stats {
+            // NOTE: protobuf serialisation happens in tonic after this returns; only the message build is counted.
+            stats.record_output(answered.instances, encoding.elapsed());
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
+        let request = request.into_inner();
+        let resolved = kserve::resolve(&self.service, &request.name, &request.version).map_err(status)?;
+        let description = kserve::describe(&self.service, &resolved);
+        Ok(Response::new(kserve_proto::model_config(&description)))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Reply<pb::ModelStatisticsResponse> {
+        let request = request.into_inner();
+        let model = (!request.name.is_empty()).then_some(request.name.as_str());
+        let entries = kserve::statistics(&self.service, model, &request.version).map_err(status)?;
+        Ok(Response::new(kserve_proto::model_stats(&entries)))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Reply<pb::RepositoryIndexResponse> {
+        let request = request.into_inner();
+        let entries = kserve::index(&self.service, request.ready).await.map_err(status)?;
+        Ok(Response::new(kserve_proto::repository_index(&entries)))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Reply<pb::RepositoryModelLoadResponse> {
+        let request = request.into_inner();
+        if let Some(key) = request
+            .parameters
+            .keys()
+            .find(|k| *k == "config" || k.starts_with("file:"))
+        {
+            return Err(status(V2Error::bad(format!(
+                "load parameter '{key}' is not supported: rustserve loads servables from the repository directory only"
+            ))));
+        }
+        kserve::load(&self.service, &request.model_name).await.map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Reply<pb::RepositoryModelUnloadResponse> {
+        let request = request.into_inner();
+        kserve::unload(&self.service, &request.model_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// Builds the tonic service with `max_bytes` as the send and receive message limit.
+pub fn kserve_service(service: Arc<Service>, max_bytes: usize) -> GrpcInferenceServiceServer<KserveGrpc> {
+    GrpcInferenceServiceServer::new(KserveGrpc { service })
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes)
+}

@@ -1,0 +1,749 @@
+//! The dispatcher behind `PythonStages::submit`: it owns every Python stage executor of the server (the GIL thread,
+//! which serves every servable, plus the worker processes of servables started with `num_parallel_workers` > 1,
+//! which serve only their own servable's functions) and one queue of calls waiting for an executor.
+//!
+//! Each executor runs one call at a time. A call goes to an idle executor that can run it, the GIL thread first
+//! (so one worker process costs nothing until there is concurrency); when none is idle it waits in the queue, and
+//! the executor that finishes next takes the oldest call it can run. That is "least busy" with the busy count
+//! capped at one, which keeps a slow call from queueing behind another on a busy executor while a second
+//! executor idles. Calls of a stage with `batch_size` that wait together are merged into one call of up to
+//! `batch_size` instances (0: no limit) when an executor takes them, and the results are split back per request.
+//! Nothing waits for a fuller batch: an idle executor takes what is queued at once.
+//!
+//! Plain Rust (executors are a trait), so the scheduling is unit-tested with fakes.
+
+use crate::error::ServeError;
+use crate::pipeline::{FunctionCall, PythonStages};
+use crate::request::InstanceResult;
+use crate::servable::spec::FunctionId;
+use futures::future::BoxFuture;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use tokio::sync::oneshot;
+
+/// The text of every call that cannot run because the server or its executor is going away (MindSpore's).
+pub const STOPPED: &str = "Servable stopped";
+
+/// Runs Python stage calls, one at a time.
+pub trait StageExecutor: Send + Sync {
+    /// Starts `ticket`'s call and answers it later through the ticket, from any thread. Hands the ticket back
+    /// when the executor can no longer run anything (it is then marked down and the call goes elsewhere).
+    fn start(&self, ticket: Ticket) -> Result<(), Ticket>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Idle,
+    Busy,
+    /// Not running (a worker process starting, restarting or stopped).
+    Down,
+}
+
+struct Slot {
+    executor: Arc<dyn StageExecutor>,
+    /// `None`: runs every function (the GIL thread); `Some(pool)`: only the functions routed to `pool`.
+    pool: Option<usize>,
+    state: SlotState,
+}
+
+struct Waiting {
+    call: FunctionCall,
+    reply: oneshot::Sender<Vec<InstanceResult>>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: Vec<Slot>,
+    waiting: VecDeque<Waiting>,
+    routes: HashMap<FunctionId, usize>,
+    pools: usize,
+    stopped: bool,
+}
+
+struct Inner {
+    state: Mutex<State>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Start = (Arc<dyn StageExecutor>, Ticket);
+
+impl State {
+    fn accepts(&self, slot: usize, call: &FunctionCall) -> bool {
+        match self.slots[slot].pool {
+            None => true,
+            pool => self.routes.get(&call.function).copied() == pool,
+        }
+    }
+
+    /// Takes the oldest waiting call `slot` can run, merged with the later waiting calls of the same batch stage.
+    fn take_for(&mut self, slot: usize) -> Option<(Waiting, Vec<Waiting>)> {
+        // Requests whose client went away (reply receiver dropped) are not run at all.
+        self.waiting.retain(|w| !w.reply.is_closed());
+        let first = (0..self.waiting.len()).find(|&i| self.accepts(slot, &self.waiting[i].call))?;
+        let head = self.waiting.remove(first)?;
+        let Some(batch_size) = head.call.batch_size else {
+            return Some((head, Vec::new()));
+        };
+        let limit = if batch_size == 0 { usize::MAX } else { batch_size };
+        let mut total = head.call.instances.len();
+        let function = head.call.function;
+        let mut taken = Vec::new();
+        let mut i = first;
+        while i < self.waiting.len() {
+            if self.waiting[i].call.function != function {
+                i += 1;
+                continue;
+            }
+            let count = self.waiting[i].call.instances.len();
+            if total + count > limit {
+                break; // keep arrival order: a later, smaller call does not overtake this one
+            }
+            total += count;
+            taken.extend(self.waiting.remove(i));
+        }
+        Some((head, taken))
+    }
+
+    /// Gives waiting calls to idle slots, in slot order (the GIL thread first).
+    fn dispatch(&mut self, inner: &Arc<Inner>) -> Vec<Start> {
+        let mut starts = Vec::new();
+        if self.stopped {
+            return starts;
+        }
+        for slot in 0..self.slots.len() {
+            if self.waiting.is_empty() {
+                break;
+            }
+            if self.slots[slot].state != SlotState::Idle {
+                continue;
+            }
+            if let Some((head, rest)) = self.take_for(slot) {
+                self.slots[slot].state = SlotState::Busy;
+                starts.push((
+                    self.slots[slot].executor.clone(),
+                    Ticket::new(inner.clone(), slot, head, rest),
+                ));
+            }
+        }
+        starts
+    }
+}
+
+/// Starts tickets outside the lock; a ticket an executor refuses goes back to the queue (its slot marked down).
+fn run_starts(starts: Vec<Start>) {
+    for (executor, ticket) in starts {
+        if let Err(ticket) = executor.start(ticket) {
+            ticket.requeue();
+        }
+    }
+}
+
+/// One (possibly merged) call handed to an executor. Answer it with `complete`, `fail` or `fail_down`; a ticket
+/// dropped unanswered answers "Servable stopped" and frees its executor, so no request ever hangs.
+pub struct Ticket {
+    inner: Arc<Inner>,
+    slot: usize,
+    /// Boxed: tickets travel through channels and back from executors, so they stay small.
+    call: Box<FunctionCall>,
+    /// Per merged request: its instance count and where its results go.
+    replies: Vec<(usize, oneshot::Sender<Vec<InstanceResult>>)>,
+    answered: bool,
+}
+
+impl Ticket {
+    fn new(inner: Arc<Inner>, slot: usize, head: Waiting, rest: Vec<Waiting>) -> Ticket {
+        let mut call = head.call;
+        let mut replies = Vec::with_capacity(rest.len() + 1);
+        replies.push((call.instances.len(), head.reply));
+        for w in rest {
+            replies.push((w.call.instances.len(), w.reply));
+            call.instances.extend(w.call.instances);
+        }
+        Ticket {
+            inner,
+            slot,
+            call: Box::new(call),
+            replies,
+            answered: false,
+        }
+    }
+
+    /// The call to run (merged calls have all their instances, in request order).
+    pub fn call(&self) -> &FunctionCall {
+        &self.call
+    }
+
+    /// How many requests were merged into this call.
+    pub fn requests(&self) -> usize {
+        self.replies.len()
+    }
+
+    fn answer(&mut self, results: Vec<InstanceResult>) {
+        self.answered = true;
+        let total: usize = self.replies.iter().map(|(n, _)| n).sum();
+        let mut results = if results.len() == total {
+            results.into_iter()
+        } else {
+            let err = ServeError::Internal(format!(
+                "stage {} answered {} results for {total} instances",
+                self.call.tag,
+                results.len()
+            ));
+            vec![Err(err); total].into_iter()
+        };
+        for (n, reply) in self.replies.drain(..) {
+            let _ = reply.send(results.by_ref().take(n).collect());
+        }
+    }
+
+    fn release(&mut self, down: bool) {
+        let starts = {
+            let mut state = self.inner.lock();
+            let slot = &mut state.slots[self.slot];
+            if down {
+                slot.state = SlotState::Down;
+            } else if slot.state == SlotState::Busy {
+                slot.state = SlotState::Idle;
+            }
+            state.dispatch(&self.inner)
+        };
+        run_starts(starts);
+    }
+
+    /// Answers with one result per instance and lets the executor take the next call.
+    pub fn complete(mut self, results: Vec<InstanceResult>) {
+        self.answer(results);
+        self.release(false);
+    }
+
+    /// Answers every instance with `err` and lets the executor take the next call.
+    pub fn fail(mut self, err: &ServeError) {
+        let total = self.call.instances.len();
+        self.answer(vec![Err(err.clone()); total]);
+        self.release(false);
+    }
+
+    /// Answers every instance with `err` and marks the executor down (it died; it comes back with `SlotControl`).
+    pub fn fail_down(mut self, err: &ServeError) {
+        let total = self.call.instances.len();
+        self.answer(vec![Err(err.clone()); total]);
+        self.release(true);
+    }
+
+    /// Puts the calls back at the head of the queue, unrun, marks the executor down, and dispatches them again.
+    pub fn requeue(mut self) {
+        self.answered = true;
+        let starts = {
+            let mut state = self.inner.lock();
+            state.slots[self.slot].state = SlotState::Down;
+            let mut instances = std::mem::take(&mut self.call.instances).into_iter();
+            let parts: Vec<Waiting> = self
+                .replies
+                .drain(..)
+                .map(|(n, reply)| Waiting {
+                    call: FunctionCall {
+                        instances: instances.by_ref().take(n).collect(),
+                        ..clone_meta(&self.call)
+                    },
+                    reply,
+                })
+                .collect();
+            if state.stopped {
+                drop(state);
+                for part in parts {
+                    let n = part.call.instances.len();
+                    let _ = part.reply.send(vec![Err(ServeError::Unavailable(STOPPED.into())); n]);
+                }
+                return;
+            }
+            for part in parts.into_iter().rev() {
+                state.waiting.push_front(part);
+            }
+            state.dispatch(&self.inner)
+        };
+        run_starts(starts);
+    }
+}
+
+fn clone_meta(call: &FunctionCall) -> FunctionCall {
+    FunctionCall {
+        function: call.function,
+        name: call.name.clone(),
+        tag: call.tag.clone(),
+        method: call.method.clone(),
+        stage_index: call.stage_index,
+        outputs_count: call.outputs_count,
+        batch_size: call.batch_size,
+        instances: Vec::new(),
+        models: call.models.clone(),
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.answered {
+            let total = self.call.instances.len();
+            self.answer(vec![Err(ServeError::Unavailable(STOPPED.into())); total]);
+            self.release(false);
+        }
+    }
+}
+
+/// What a worker supervisor uses to tell the dispatcher its executor came up or went down.
+#[derive(Clone)]
+pub struct SlotControl {
+    inner: Weak<Inner>,
+    slot: usize,
+}
+
+impl SlotControl {
+    fn set(&self, up: bool) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let starts = {
+            let mut state = inner.lock();
+            let slot = &mut state.slots[self.slot];
+            match (up, slot.state) {
+                (true, SlotState::Down) => slot.state = SlotState::Idle,
+                (false, _) => slot.state = SlotState::Down,
+                _ => {}
+            }
+            state.dispatch(&inner)
+        };
+        run_starts(starts);
+    }
+
+    /// The executor can take calls (started or restarted).
+    pub fn set_up(&self) {
+        self.set(true);
+    }
+
+    /// The executor cannot take calls (its process died); a call it was running must be answered by its ticket.
+    pub fn set_down(&self) {
+        self.set(false);
+    }
+}
+
+/// Sends Python stage calls to executors; see the module docs.
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+impl Dispatcher {
+    /// A dispatcher whose first executor, which runs every function, is `main` (the GIL thread).
+    pub fn new(main: Arc<dyn StageExecutor>) -> Dispatcher {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+        });
+        inner.lock().slots.push(Slot {
+            executor: main,
+            pool: None,
+            state: SlotState::Idle,
+        });
+        Dispatcher { inner }
+    }
+
+    /// A new pool of executors for `functions` (one servable version's Python stages); returns its id.
+    pub fn add_pool(&self, functions: &[FunctionId]) -> usize {
+        let mut state = self.inner.lock();
+        let pool = state.pools;
+        state.pools += 1;
+        for &function in functions {
+            state.routes.insert(function, pool);
+        }
+        pool
+    }
+
+    /// Adds an executor of `pool`, down until its `SlotControl::set_up`.
+    pub fn add_executor(&self, pool: usize, executor: Arc<dyn StageExecutor>) -> SlotControl {
+        let mut state = self.inner.lock();
+        state.slots.push(Slot {
+            executor,
+            pool: Some(pool),
+            state: SlotState::Down,
+        });
+        SlotControl {
+            inner: Arc::downgrade(&self.inner),
+            slot: state.slots.len() - 1,
+        }
+    }
+
+    /// Refuses new calls and answers every waiting one with "Servable stopped"; calls in progress finish.
+    pub fn shutdown(&self) {
+        let waiting = {
+            let mut state = self.inner.lock();
+            state.stopped = true;
+            for slot in &mut state.slots {
+                slot.state = SlotState::Down;
+            }
+            std::mem::take(&mut state.waiting)
+        };
+        for w in waiting {
+            let n = w.call.instances.len();
+            let _ = w.reply.send(vec![Err(ServeError::Unavailable(STOPPED.into())); n]);
+        }
+    }
+
+    /// (idle, busy, down) executor counts and waiting calls, for tests and logs.
+    pub fn snapshot(&self) -> (usize, usize, usize, usize) {
+        let state = self.inner.lock();
+        let count = |s| state.slots.iter().filter(|slot| slot.state == s).count();
+        (
+            count(SlotState::Idle),
+            count(SlotState::Busy),
+            count(SlotState::Down),
+            state.waiting.len(),
+        )
+    }
+}
+
+impl PythonStages for Dispatcher {
+    fn submit(&self, call: FunctionCall) -> BoxFuture<'static, Vec<InstanceResult>> {
+        let count = call.instances.len();
+        let (reply, answer) = oneshot::channel();
+        let starts = {
+            let mut state = self.inner.lock();
+            if state.stopped {
+                None
+            } else {
+                state.waiting.push_back(Waiting { call, reply });
+                Some(state.dispatch(&self.inner))
+            }
+        };
+        let refused = starts.is_none();
+        if let Some(starts) = starts {
+            run_starts(starts);
+        }
+        Box::pin(async move {
+            if refused {
+                return vec![Err(ServeError::Unavailable(STOPPED.into())); count];
+            }
+            // A dropped reply is an error for every instance, never a hang.
+            answer
+                .await
+                .unwrap_or_else(|_| vec![Err(ServeError::Unavailable(STOPPED.into())); count])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::ModelSet;
+    use crate::tensor::Tensor;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// An executor that parks tickets until the test answers them.
+    struct Fake {
+        name: &'static str,
+        tickets: Mutex<mpsc::Sender<(&'static str, Ticket)>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    impl StageExecutor for Fake {
+        fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
+            if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(ticket);
+            }
+            self.tickets.lock().unwrap().send((self.name, ticket)).unwrap();
+            Ok(())
+        }
+    }
+
+    struct Rig {
+        dispatcher: Arc<Dispatcher>,
+        started: mpsc::Receiver<(&'static str, Ticket)>,
+        fakes: Vec<Arc<Fake>>,
+        controls: Vec<SlotControl>,
+    }
+
+    fn fake(name: &'static str, tx: &mpsc::Sender<(&'static str, Ticket)>) -> Arc<Fake> {
+        Arc::new(Fake {
+            name,
+            tickets: Mutex::new(tx.clone()),
+            refuse: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The GIL fake plus `workers` worker fakes in one pool serving functions 0 and 1 (function 2 is GIL-only).
+    fn rig(workers: usize) -> Rig {
+        let (tx, started) = mpsc::channel();
+        let gil = fake("gil", &tx);
+        let dispatcher = Arc::new(Dispatcher::new(gil.clone()));
+        let pool = dispatcher.add_pool(&[FunctionId(0), FunctionId(1)]);
+        let mut fakes = vec![gil];
+        let mut controls = Vec::new();
+        for name in ["w1", "w2", "w3"].into_iter().take(workers) {
+            let w = fake(name, &tx);
+            controls.push(dispatcher.add_executor(pool, w.clone()));
+            fakes.push(w);
+        }
+        for c in &controls {
+            c.set_up();
+        }
+        Rig {
+            dispatcher,
+            started,
+            fakes,
+            controls,
+        }
+    }
+
+    fn call(function: usize, batch_size: Option<usize>, values: &[i64]) -> FunctionCall {
+        FunctionCall {
+            function: FunctionId(function),
+            name: format!("svc.f{function}"),
+            tag: format!("Function 'svc.f{function}'"),
+            method: "m".into(),
+            stage_index: 1,
+            outputs_count: 1,
+            batch_size,
+            instances: values
+                .iter()
+                .map(|&v| vec![Tensor::from_values(vec![], &[v]).unwrap()])
+                .collect(),
+            models: Arc::new(ModelSet::default()),
+        }
+    }
+
+    fn values(call: &FunctionCall) -> Vec<i64> {
+        call.instances
+            .iter()
+            .map(|i| i[0].to_values::<i64>().unwrap()[0])
+            .collect()
+    }
+
+    /// Echoes every instance, plus 1000 * the number of merged requests.
+    fn echo(ticket: Ticket) {
+        let bump = 1000 * ticket.requests() as i64;
+        let results = values(ticket.call())
+            .into_iter()
+            .map(|v| Ok(vec![Tensor::from_values(vec![], &[v + bump]).unwrap()]))
+            .collect();
+        ticket.complete(results);
+    }
+
+    fn got(results: &[InstanceResult]) -> Vec<i64> {
+        results
+            .iter()
+            .map(|r| r.as_ref().unwrap()[0].to_values::<i64>().unwrap()[0])
+            .collect()
+    }
+
+    fn next(rig: &Rig) -> (&'static str, Ticket) {
+        rig.started
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a ticket was started")
+    }
+
+    fn nothing_started(rig: &Rig) {
+        assert!(rig.started.try_recv().is_err(), "no ticket should have started");
+    }
+
+    #[tokio::test]
+    async fn gil_thread_is_preferred_then_workers_then_queue() {
+        let rig = rig(1);
+        let a = rig.dispatcher.submit(call(0, None, &[1]));
+        let (who, ta) = next(&rig);
+        assert_eq!((who, values(ta.call())), ("gil", vec![1]));
+        let b = rig.dispatcher.submit(call(0, None, &[2]));
+        let (who, tb) = next(&rig);
+        assert_eq!(who, "w1");
+        let c = rig.dispatcher.submit(call(0, None, &[3]));
+        nothing_started(&rig);
+        assert_eq!(rig.dispatcher.snapshot(), (0, 2, 0, 1));
+        // The worker finishes first and takes the waiting call.
+        echo(tb);
+        let (who, tc) = next(&rig);
+        assert_eq!((who, values(tc.call())), ("w1", vec![3]));
+        echo(ta);
+        echo(tc);
+        assert_eq!(got(&a.await), vec![1001]);
+        assert_eq!(got(&b.await), vec![1002]);
+        assert_eq!(got(&c.await), vec![1003]);
+        assert_eq!(rig.dispatcher.snapshot(), (2, 0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn workers_only_take_their_pool_functions() {
+        let rig = rig(1);
+        let a = rig.dispatcher.submit(call(2, None, &[1]));
+        let (who, ta) = next(&rig);
+        assert_eq!(who, "gil");
+        // Function 2 is not routed to the worker's pool: it waits for the GIL thread although w1 is idle.
+        let b = rig.dispatcher.submit(call(2, None, &[2]));
+        nothing_started(&rig);
+        let c = rig.dispatcher.submit(call(1, None, &[3]));
+        let (who, tc) = next(&rig);
+        assert_eq!((who, values(tc.call())), ("w1", vec![3]));
+        echo(tc);
+        echo(ta);
+        let (who, tb) = next(&rig);
+        assert_eq!(who, "gil");
+        echo(tb);
+        assert_eq!(got(&a.await), vec![1001]);
+        assert_eq!(got(&b.await), vec![1002]);
+        assert_eq!(got(&c.await), vec![1003]);
+    }
+
+    #[tokio::test]
+    async fn batch_stage_calls_merge_while_waiting_up_to_batch_size() {
+        let rig = rig(0);
+        let first = rig.dispatcher.submit(call(0, Some(4), &[1]));
+        let (_, t1) = next(&rig);
+        // While the only executor is busy, five requests queue: 2 + 1 + 1 instances merge (4), 3 must wait.
+        let r2 = rig.dispatcher.submit(call(0, Some(4), &[2, 3]));
+        let other = rig.dispatcher.submit(call(1, Some(4), &[9]));
+        let r3 = rig.dispatcher.submit(call(0, Some(4), &[4]));
+        let r4 = rig.dispatcher.submit(call(0, Some(4), &[5]));
+        let r5 = rig.dispatcher.submit(call(0, Some(4), &[6, 7, 8]));
+        echo(t1);
+        let (_, t2) = next(&rig);
+        assert_eq!((t2.requests(), values(t2.call())), (3, vec![2, 3, 4, 5]));
+        echo(t2);
+        let (_, t3) = next(&rig);
+        assert_eq!(values(t3.call()), vec![9]);
+        echo(t3);
+        let (_, t4) = next(&rig);
+        assert_eq!(values(t4.call()), vec![6, 7, 8]);
+        echo(t4);
+        assert_eq!(got(&first.await), vec![1001]);
+        assert_eq!(got(&r2.await), vec![3002, 3003]);
+        assert_eq!(got(&r3.await), vec![3004]);
+        assert_eq!(got(&r4.await), vec![3005]);
+        assert_eq!(got(&r5.await), vec![1006, 1007, 1008]);
+        assert_eq!(got(&other.await), vec![1009]);
+    }
+
+    #[tokio::test]
+    async fn unlimited_batch_and_per_instance_stages() {
+        let rig = rig(0);
+        let first = rig.dispatcher.submit(call(0, Some(0), &[1]));
+        let (_, t1) = next(&rig);
+        let batched: Vec<_> = (0..5)
+            .map(|v| rig.dispatcher.submit(call(0, Some(0), &[10 + v])))
+            .collect();
+        let single: Vec<_> = (0..2)
+            .map(|v| rig.dispatcher.submit(call(1, None, &[20 + v])))
+            .collect();
+        echo(t1);
+        let (_, t2) = next(&rig);
+        assert_eq!(t2.requests(), 5, "batch_size 0 takes every waiting call of the stage");
+        echo(t2);
+        // Per-instance stages are never merged.
+        for _ in 0..2 {
+            let (_, t) = next(&rig);
+            assert_eq!(t.requests(), 1);
+            echo(t);
+        }
+        assert_eq!(got(&first.await), vec![1001]);
+        for (v, r) in batched.into_iter().enumerate() {
+            assert_eq!(got(&r.await), vec![5010 + v as i64]);
+        }
+        for (v, r) in single.into_iter().enumerate() {
+            assert_eq!(got(&r.await), vec![1020 + v as i64]);
+        }
+    }
+
+    #[tokio::test]
+    async fn abandoned_requests_are_skipped() {
+        let rig = rig(0);
+        let first = rig.dispatcher.submit(call(0, Some(4), &[1]));
+        let (_, t1) = next(&rig);
+        drop(rig.dispatcher.submit(call(0, Some(4), &[2])));
+        let kept = rig.dispatcher.submit(call(0, Some(4), &[3]));
+        echo(t1);
+        let (_, t2) = next(&rig);
+        assert_eq!(values(t2.call()), vec![3]);
+        echo(t2);
+        assert_eq!(got(&first.await), vec![1001]);
+        assert_eq!(got(&kept.await), vec![1003]);
+    }
+
+    #[tokio::test]
+    async fn a_dead_worker_fails_its_call_and_the_rest_go_elsewhere() {
+        let rig = rig(1);
+        let a = rig.dispatcher.submit(call(0, None, &[1]));
+        let (_, ta) = next(&rig);
+        let b = rig.dispatcher.submit(call(0, None, &[2]));
+        let (who, tb) = next(&rig);
+        assert_eq!(who, "w1");
+        let c = rig.dispatcher.submit(call(0, None, &[3]));
+        tb.fail_down(&ServeError::Unavailable("Servable stopped: worker 7 was killed".into()));
+        assert_eq!(rig.dispatcher.snapshot(), (0, 1, 1, 1));
+        echo(ta);
+        let (who, tc) = next(&rig);
+        assert_eq!(who, "gil");
+        echo(tc);
+        let b = b.await;
+        assert!(
+            matches!(&b[0], Err(ServeError::Unavailable(t)) if t.contains("killed")),
+            "{b:?}"
+        );
+        assert_eq!(got(&a.await), vec![1001]);
+        assert_eq!(got(&c.await), vec![1003]);
+        // Back up after a restart: it takes calls again.
+        rig.controls[0].set_up();
+        let _busy = rig.dispatcher.submit(call(0, None, &[4]));
+        let (who, t4) = next(&rig);
+        assert_eq!(who, "gil");
+        let e = rig.dispatcher.submit(call(0, None, &[5]));
+        let (who, t5) = next(&rig);
+        assert_eq!(who, "w1");
+        echo(t5);
+        echo(t4);
+        assert_eq!(got(&e.await), vec![1005]);
+    }
+
+    #[tokio::test]
+    async fn refused_and_dropped_tickets_never_hang() {
+        let rig = rig(1);
+        rig.fakes[1].refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let a = rig.dispatcher.submit(call(0, None, &[1]));
+        let (_, ta) = next(&rig);
+        // w1 refuses: the call is requeued, w1 is marked down, and the GIL thread runs it next.
+        let b = rig.dispatcher.submit(call(0, None, &[2]));
+        nothing_started(&rig);
+        assert_eq!(rig.dispatcher.snapshot(), (0, 1, 1, 1));
+        drop(ta); // dropped unanswered: "Servable stopped", and the executor moves on
+        let a = a.await;
+        assert!(
+            matches!(&a[0], Err(ServeError::Unavailable(t)) if t == STOPPED),
+            "{a:?}"
+        );
+        let (who, tb) = next(&rig);
+        assert_eq!(who, "gil");
+        tb.complete(vec![]); // wrong result count: an error per instance, not a panic
+        let b = b.await;
+        assert!(
+            matches!(&b[0], Err(ServeError::Internal(t)) if t.contains("answered 0 results")),
+            "{b:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_waiting_calls_and_refuses_new_ones() {
+        let rig = rig(0);
+        let a = rig.dispatcher.submit(call(0, None, &[1]));
+        let (_, ta) = next(&rig);
+        let b = rig.dispatcher.submit(call(0, None, &[2, 3]));
+        rig.dispatcher.shutdown();
+        let b = b.await;
+        assert_eq!(b.len(), 2);
+        assert!(
+            b.iter()
+                .all(|r| matches!(r, Err(ServeError::Unavailable(t)) if t == STOPPED))
+        );
+        let c = rig.dispatcher.submit(call(0, None, &[4])).await;
+        assert!(matches!(&c[0], Err(ServeError::Unavailable(_))));
+        // The call in progress still gets its answer.
+        echo(ta);
+        assert_eq!(got(&a.await), vec![1001]);
+        nothing_started(&rig);
+    }
+}

@@ -1,0 +1,803 @@
+//! Python worker processes: the extra executors of a servable started with `num_parallel_workers` = n > 1 (the GIL
+//! thread is the first of the n). Both halves live here: the server side (`WorkerHandle`, one supervisor thread
+//! per worker) and the worker side (`run_worker`, the loop `python -m rustserve.worker` runs).
+//!
+//! A supervisor thread spawns `<sys.executable> -m rustserve.worker` (spawn + exec, never a bare fork of the
+//! server), accepts its connection on a Unix socket in a private temp dir (removed as soon as the worker is
+//! connected), hands it the two shared-memory regions and the functions to serve (`ipc::Frame::Setup`), and then
+//! feeds it the calls the dispatcher gives this executor, one at a time, answering the worker's `Model.call`
+//! requests on the model batchers in between. The same thread watches the worker: while idle it polls the
+//! socket, so a worker that dies is seen at once (EOF, then `waitpid` for how it died); a call in flight fails
+//! with "Servable stopped: ..." naming the pid and the cause; the worker is restarted with exponential backoff
+//! (0.1 s doubling to 10 s, reset after 10 s of uptime) while the GIL thread and the other workers carry on.
+//! On stop the worker gets SIGTERM, then SIGKILL after 5 s. Workers also die with the server: PR_SET_PDEATHSIG
+//! fires when the supervisor thread (the spawning thread) ends, and an idle worker sees EOF on its socket.
+
+use super::dispatch::{STOPPED, SlotControl, StageExecutor, Ticket};
+use super::ipc::{self, CallFrame, Frame, FunctionEntry, Shm, ShmReader, ShmWriter, Wake};
+use super::stages::{self, RemoteModels};
+use crate::error::ServeError;
+use crate::pipeline::{FunctionCall, ModelSet};
+use crate::servable::spec::FunctionId;
+use crate::tensor::Tensor;
+use pyo3::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a new worker may take to import servable_config.py, connect and answer the setup.
+const START_TIMEOUT: Duration = Duration::from_mins(2);
+/// How long a stopping worker gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Restart delay after a failure; doubles per consecutive quick failure, up to `BACKOFF_MAX`.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A worker that served this long before dying resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// What one worker process serves and how to start it.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The server's interpreter (`sys.executable`).
+    pub python: PathBuf,
+    /// The servable directory (parent of the servable's folder) and the servable's name and version.
+    pub directory: String,
+    pub servable: String,
+    pub version: u64,
+    /// 1-based number of this worker among the servable version's extra workers (logs only).
+    pub number: usize,
+    pub functions: Vec<FunctionEntry>,
+    /// `rustserve._rustserve.init_logging` level for the worker.
+    pub log_level: String,
+}
+
+impl WorkerConfig {
+    fn label(&self) -> String {
+        format!(
+            "Python worker {} of servable '{}' version {}",
+            self.number, self.servable, self.version
+        )
+    }
+}
+
+struct Shared {
+    config: WorkerConfig,
+    /// The call the dispatcher gave this executor, until the supervisor takes it.
+    mailbox: Mutex<Option<Ticket>>,
+    wake: Wake,
+    stopping: AtomicBool,
+    pid: AtomicU32,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn take_mail(&self) -> Option<Ticket> {
+        self.mailbox.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Sleeps up to `delay`; returns early when stopping.
+    fn sleep(&self, delay: Duration) {
+        let deadline = Instant::now() + delay;
+        while !self.stopping() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.wake.clear();
+            if self.stopping() {
+                break;
+            }
+            let _ = ipc::wait_readable(&[self.wake.fd()], millis(left));
+        }
+    }
+}
+
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1)
+}
+
+/// One extra Python executor: a supervised worker process.
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WorkerHandle {
+    pub fn new(config: WorkerConfig) -> io::Result<Arc<WorkerHandle>> {
+        Ok(Arc::new(WorkerHandle {
+            shared: Arc::new(Shared {
+                config,
+                mailbox: Mutex::new(None),
+                wake: Wake::new()?,
+                stopping: AtomicBool::new(false),
+                pid: AtomicU32::new(0),
+            }),
+            thread: Mutex::new(None),
+        }))
+    }
+
+    /// Starts the supervisor thread. The receiver gets the first start's outcome: the worker's pid, or why it
+    /// could not start (the supervisor then ends; later failures are restarted instead).
+    pub fn start(&self, control: SlotControl) -> io::Result<mpsc::Receiver<Result<u32, String>>> {
+        let (tx, rx) = mpsc::channel();
+        let shared = self.shared.clone();
+        let name = format!("rustserve-worker-{}", self.shared.config.number);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || supervise(&shared, &control, tx))?;
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        Ok(rx)
+    }
+
+    /// The running worker's pid, if one is up.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.shared.pid.load(Ordering::Acquire)).filter(|&pid| pid != 0)
+    }
+
+    /// Asks the supervisor to stop its worker (SIGTERM, SIGKILL after a grace period); see `join`.
+    pub fn begin_stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake.raise();
+    }
+
+    /// Waits until the worker process is gone. Call with the GIL released.
+    pub fn join(&self) {
+        self.begin_stop();
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl StageExecutor for WorkerHandle {
+    fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
+        if self.shared.stopping() {
+            return Err(ticket);
+        }
+        let mut mailbox = self.shared.mailbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if mailbox.is_some() {
+            return Err(ticket); // one call at a time; the dispatcher never does this
+        }
+        *mailbox = Some(ticket);
+        drop(mailbox);
+        self.shared.wake.raise();
+        Ok(())
+    }
+}
+
+fn supervise(shared: &Shared, control: &SlotControl, first: mpsc::Sender<Result<u32, String>>) {
+    let label = shared.config.label();
+    let mut first = Some(first);
+    let mut failures = 0u32;
+    while !shared.stopping() {
+        let began = Instant::now();
+        match Process::spawn(shared) {
+            Ok(mut process) => {
+                shared.pid.store(process.pid, Ordering::Release);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(process.pid));
+                } else {
+                    tracing::warn!("{label}: restarted as process {}", process.pid);
+                }
+                control.set_up();
+                let ended = process.serve(shared);
+                shared.pid.store(0, Ordering::Release);
+                control.set_down();
+                // A call handed over between the death and `set_down` goes back to the queue, unrun.
+                if let Some(ticket) = shared.take_mail() {
+                    ticket.requeue();
+                }
+                match ended {
+                    Ended::Stopping => {
+                        process.terminate();
+                        break;
+                    }
+                    Ended::Died(how) => {
+                        tracing::error!("{label}: process {} {how}; restarting it", process.pid);
+                    }
+                }
+                if began.elapsed() >= STABLE_AFTER {
+                    failures = 0;
+                }
+            }
+            Err(err) => {
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(err));
+                    return;
+                }
+                if !shared.stopping() {
+                    tracing::error!("{label}: restart failed: {err}");
+                }
+            }
+        }
+        let delay = BACKOFF_MIN.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX);
+        failures = failures.saturating_add(1);
+        shared.sleep(delay);
+    }
+    if let Some(tx) = first.take() {
+        let _ = tx.send(Err("the server is stopping".into()));
+    }
+    if let Some(ticket) = shared.take_mail() {
+        ticket.fail(&ServeError::Unavailable(STOPPED.into()));
+    }
+}
+
+enum Ended {
+    Stopping,
+    /// How the process ended ("was killed by signal 9 (SIGKILL)").
+    Died(String),
+}
+
+enum Flow {
+    Next,
+    End(Ended),
+}
+
+/// `status` in words, for logs and error texts.
+fn describe(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGILL => "SIGILL",
+            libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGQUIT => "SIGQUIT",
+            _ => "signal",
+        };
+        format!("was killed by signal {signal} ({name})")
+    } else if let Some(code) = status.code() {
+        format!("exited with code {code}")
+    } else {
+        status.to_string()
+    }
+}
+
+/// A directory only this user can enter, for the worker's socket; removed (with the socket) on drop.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> io::Result<PrivateDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut base = std::env::temp_dir();
+        // sun_path holds 108 bytes: fall back to /tmp when TMPDIR is deep.
+        if base.as_os_str().len() > 60 {
+            base = PathBuf::from("/tmp");
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("rustserve-{}-{nanos:x}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(PrivateDir(path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One live worker process and its connection.
+struct Process {
+    child: Child,
+    pid: u32,
+    stream: UnixStream,
+    to_worker: ShmWriter,
+    from_worker: ShmReader,
+}
+
+impl Process {
+    fn spawn(shared: &Shared) -> Result<Process, String> {
+        let config = &shared.config;
+        let io_error = |what: &str, e: io::Error| format!("{}: {what}: {e}", config.label());
+        let dir = PrivateDir::new().map_err(|e| io_error("cannot create its socket directory", e))?;
+        let path = dir.0.join("worker.sock");
+        let listener = UnixListener::bind(&path).map_err(|e| io_error("cannot listen on its socket", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_error("cannot listen on its socket", e))?;
+        let to_worker = Shm::create("rustserve-to-worker", ipc::INITIAL_REGION)
+            .map_err(|e| io_error("cannot create shared memory", e))?;
+        let from_worker = Shm::create("rustserve-from-worker", ipc::INITIAL_REGION)
+            .map_err(|e| io_error("cannot create shared memory", e))?;
+        let mut child = Command::new(&config.python)
+            .args(["-m", "rustserve.worker", "--socket"])
+            .arg(&path)
+            .arg("--directory")
+            .arg(&config.directory)
+            .args(["--servable", &config.servable, "--version", &config.version.to_string()])
+            .args(["--log-level", &config.log_level])
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| io_error(&format!("cannot run '{}'", config.python.display()), e))?;
+        let pid = child.id();
+        let connected = Self::connect(shared, &mut child, &listener, &to_worker, &from_worker);
+        drop(listener);
+        drop(dir);
+        match connected {
+            Ok(stream) => Ok(Process {
+                child,
+                pid,
+                stream,
+                to_worker: ShmWriter::new(to_worker),
+                from_worker: ShmReader::new(from_worker),
+            }),
+            Err(why) => {
+                let exited = child.try_wait().ok().flatten();
+                if exited.is_none() {
+                    let _ = child.kill();
+                }
+                let status = child.wait().map(describe).unwrap_or_default();
+                let how = match exited {
+                    Some(_) => format!("; the process {status}"),
+                    None => String::new(),
+                };
+                Err(format!(
+                    "{} (process {pid}) failed to start: {why}{how}",
+                    config.label()
+                ))
+            }
+        }
+    }
+
+    /// Waits (bounded, interruptible) until `fd` is readable; errors if the child exits or the server stops.
+    fn wait_for(shared: &Shared, child: &mut Child, fd: i32, deadline: Instant, what: &str) -> Result<(), String> {
+        loop {
+            shared.wake.clear();
+            if shared.stopping() {
+                return Err("the server is stopping".into());
+            }
+            let ready = ipc::wait_readable(&[fd, shared.wake.fd()], 200).map_err(|e| e.to_string())?;
+            if ready[0] {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "it {} before it {what} (its error is on stderr)",
+                    describe(status)
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("it did not {what} within {} s", START_TIMEOUT.as_secs()));
+            }
+        }
+    }
+
+    fn connect(
+        shared: &Shared,
+        child: &mut Child,
+        listener: &UnixListener,
+        to_worker: &Shm,
+        from_worker: &Shm,
+    ) -> Result<UnixStream, String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("accept failed: {e}")),
+            }
+            Self::wait_for(shared, child, listener.as_raw_fd(), deadline, "connected")?;
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let setup = Frame::Setup {
+            functions: shared.config.functions.clone(),
+        };
+        let wire = ipc::encode(&setup, &mut Vec::new()).map_err(|e| e.to_string())?;
+        ipc::send_with_fds(&stream, &wire, &[to_worker.fd(), from_worker.fd()])
+            .map_err(|e| format!("cannot send the setup: {e}"))?;
+        Self::wait_for(shared, child, stream.as_raw_fd(), deadline, "answered the setup")?;
+        let body = ipc::read_frame(&stream)
+            .map_err(|e| format!("cannot read its answer: {e}"))?
+            .ok_or_else(|| "it closed the connection during the setup".to_string())?;
+        match ipc::decode(&body, &mut Vec::new()) {
+            Ok(Frame::Ready { .. }) => Ok(stream),
+            Ok(Frame::SetupFailed { message }) => Err(message),
+            Ok(other) => Err(format!("unexpected answer to the setup: {}", frame_name(&other))),
+            Err(e) => Err(format!("broken answer to the setup: {e}")),
+        }
+    }
+
+    /// Serves calls until the worker dies or the server stops.
+    fn serve(&mut self, shared: &Shared) -> Ended {
+        loop {
+            shared.wake.clear();
+            if shared.stopping() {
+                return Ended::Stopping;
+            }
+            if let Some(ticket) = shared.take_mail() {
+                match self.run(shared, ticket) {
+                    Flow::Next => continue,
+                    Flow::End(ended) => return ended,
+                }
+            }
+            match ipc::wait_readable(&[self.stream.as_raw_fd(), shared.wake.fd()], -1) {
+                // Idle, and the socket is readable: the worker died (EOF) or broke the protocol.
+                Ok(ready) if ready[0] => {
+                    let how = match ipc::read_frame(&self.stream) {
+                        Ok(None) => self.reap(),
+                        Ok(Some(_)) => format!("sent a frame while idle and {}", self.kill()),
+                        Err(e) => format!("broke its connection ({e}) and {}", self.reap()),
+                    };
+                    return Ended::Died(how);
+                }
+                Ok(_) => {}
+                Err(e) => return Ended::Died(format!("could not be watched ({e}) and {}", self.kill())),
+            }
+        }
+    }
+
+    fn died(&self, shared: &Shared, how: &str, call: &CallMeta) -> ServeError {
+        let config = &shared.config;
+        ServeError::Unavailable(format!(
+            "{STOPPED}: the Python worker process {} of servable '{}' version {} {how} while running {} of method \
+             '{}'; it is being restarted",
+            self.pid, config.servable, config.version, call.tag, call.method
+        ))
+    }
+
+    /// Runs one call on the worker, answering its `Model.call` requests on the way.
+    fn run(&mut self, shared: &Shared, ticket: Ticket) -> Flow {
+        let call = ticket.call();
+        let meta = CallMeta {
+            tag: call.tag.clone(),
+            method: call.method.clone(),
+            models: call.models.clone(),
+        };
+        let frame = Frame::Call(CallFrame {
+            function: call.function.0 as u64,
+            name: call.name.clone(),
+            tag: call.tag.clone(),
+            method: call.method.clone(),
+            stage_index: call.stage_index as u32,
+            outputs_count: call.outputs_count as u32,
+            batch_size: call.batch_size.map(|b| u32::try_from(b).unwrap_or(u32::MAX)),
+            instances: call.instances.clone(),
+        });
+        let wire = match ipc::encode(&frame, &mut self.to_worker) {
+            Ok(wire) => wire,
+            Err(e) => {
+                ticket.fail(&ServeError::Internal(format!(
+                    "cannot pass the call to a worker process: {e}"
+                )));
+                return Flow::Next;
+            }
+        };
+        drop(frame);
+        if ipc::send_all(&self.stream, &wire).is_err() {
+            // Gone before it saw the call: the call runs elsewhere.
+            ticket.requeue();
+            return Flow::End(Ended::Died(self.reap()));
+        }
+        loop {
+            let ready = match ipc::wait_readable(&[self.stream.as_raw_fd(), shared.wake.fd()], -1) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    let how = format!("could not be watched ({e}) and {}", self.kill());
+                    ticket.fail_down(&self.died(shared, &how, &meta));
+                    return Flow::End(Ended::Died(how));
+                }
+            };
+            if ready[1] {
+                shared.wake.clear();
+                if shared.stopping() {
+                    ticket.fail(&ServeError::Unavailable(STOPPED.into()));
+                    return Flow::End(Ended::Stopping);
+                }
+            }
+            if !ready[0] {
+                continue;
+            }
+            let Ok(Some(body)) = ipc::read_frame(&self.stream) else {
+                // End of stream or a broken read: the worker is gone.
+                let how = self.reap();
+                ticket.fail_down(&self.died(shared, &how, &meta));
+                return Flow::End(Ended::Died(how));
+            };
+            match ipc::decode(&body, &mut self.from_worker) {
+                Ok(Frame::Results(results)) => {
+                    ticket.complete(results);
+                    return Flow::Next;
+                }
+                Ok(Frame::ModelCall {
+                    key,
+                    subgraph,
+                    instances,
+                }) => {
+                    let subgraph = usize::try_from(subgraph).unwrap_or(usize::MAX);
+                    let reply = stages::run_models(&meta.models, &key, subgraph, instances);
+                    let sent = ipc::encode(&Frame::ModelReply(reply), &mut self.to_worker)
+                        .and_then(|wire| ipc::send_all(&self.stream, &wire));
+                    if let Err(e) = sent {
+                        tracing::warn!("cannot answer Model.call of worker process {}: {e}", self.pid);
+                    }
+                }
+                other => {
+                    let what = match other {
+                        Ok(frame) => format!("sent an unexpected {} frame", frame_name(&frame)),
+                        Err(e) => format!("sent a broken frame ({e})"),
+                    };
+                    let how = format!("{what} and {}", self.kill());
+                    ticket.fail_down(&ServeError::Internal(format!(
+                        "the Python worker process {} {how} while running {} of method '{}'",
+                        self.pid, meta.tag, meta.method
+                    )));
+                    return Flow::End(Ended::Died(how));
+                }
+            }
+        }
+    }
+
+    /// Reaps a worker whose connection ended; returns how it ended.
+    fn reap(&mut self) -> String {
+        // EOF arrives while the process exits, a moment before it can be reaped.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return describe(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+                _ => return format!("closed its connection, so it {}", self.kill()),
+            }
+        }
+    }
+
+    /// SIGKILLs and reaps the worker; returns how it ended.
+    fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_or_else(|e| format!("could not be reaped: {e}"), describe)
+    }
+
+    /// Stops the worker: SIGTERM, then SIGKILL after `STOP_GRACE`.
+    fn terminate(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: plain syscall; the pid is our unreaped child, so it cannot have been reused.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // Wait for the socket to close (the process exiting) rather than spinning.
+            let _ = ipc::wait_readable(&[self.stream.as_raw_fd()], 20);
+        }
+        tracing::warn!(
+            "worker process {} ignored SIGTERM for {STOP_GRACE:?}; killing it",
+            self.pid
+        );
+        self.kill();
+    }
+}
+
+struct CallMeta {
+    tag: String,
+    method: String,
+    models: Arc<ModelSet>,
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Setup { .. } => "Setup",
+        Frame::Ready { .. } => "Ready",
+        Frame::SetupFailed { .. } => "SetupFailed",
+        Frame::Call(_) => "Call",
+        Frame::Results(_) => "Results",
+        Frame::ModelCall { .. } => "ModelCall",
+        Frame::ModelReply(_) => "ModelReply",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The worker side
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The worker's end of the connection.
+struct Link {
+    stream: UnixStream,
+    from_server: ShmReader,
+    to_server: ShmWriter,
+}
+
+impl Link {
+    fn send(&mut self, frame: &Frame) -> io::Result<()> {
+        let wire = ipc::encode(frame, &mut self.to_server)?;
+        ipc::send_all(&self.stream, &wire)
+    }
+
+    /// The next frame, waiting with the GIL released; `None` when the server closed the connection.
+    fn recv(&mut self, py: Python<'_>) -> Result<Option<Frame>, String> {
+        let stream = &self.stream;
+        let body = py
+            .detach(|| ipc::read_frame(stream))
+            .map_err(|e| format!("lost the server: {e}"))?;
+        body.map(|body| ipc::decode(&body, &mut self.from_server)).transpose()
+    }
+}
+
+fn remote_models(link: Rc<RefCell<Link>>) -> RemoteModels {
+    Rc::new(
+        move |py: Python<'_>, key: &str, subgraph: usize, instances: Vec<Vec<Tensor>>| {
+            let mut link = link
+                .try_borrow_mut()
+                .map_err(|_| "Model.call cannot be nested".to_string())?;
+            let frame = Frame::ModelCall {
+                key: key.to_owned(),
+                subgraph: subgraph as u64,
+                instances,
+            };
+            link.send(&frame).map_err(|e| format!("lost the server: {e}"))?;
+            match link.recv(py)? {
+                Some(Frame::ModelReply(reply)) => reply,
+                Some(other) => Err(format!("unexpected {} frame from the server", frame_name(&other))),
+                None => Err("Servable stopped".into()),
+            }
+        },
+    )
+}
+
+fn serve_calls(py: Python<'_>, link: &Rc<RefCell<Link>>, table: &HashMap<u64, Py<PyAny>>) -> Result<(), String> {
+    let no_models = Arc::new(ModelSet::default());
+    loop {
+        let frame = link.borrow_mut().recv(py)?;
+        let call = match frame {
+            None => return Ok(()),
+            Some(Frame::Call(call)) => call,
+            Some(other) => return Err(format!("unexpected {} frame from the server", frame_name(&other))),
+        };
+        let call = FunctionCall {
+            function: FunctionId(usize::try_from(call.function).unwrap_or(usize::MAX)),
+            name: call.name,
+            tag: call.tag,
+            method: call.method,
+            stage_index: call.stage_index as usize,
+            outputs_count: call.outputs_count as usize,
+            batch_size: call.batch_size.map(|b| b as usize),
+            instances: call.instances,
+            models: no_models.clone(),
+        };
+        let results = if let Some(function) = table.get(&(call.function.0 as u64)) {
+            stages::run(py, function.bind(py), &call)
+        } else {
+            let err = ServeError::Internal(format!("stage function {} is not served by this worker", call.name));
+            vec![Err(err); call.instances.len()]
+        };
+        link.borrow_mut()
+            .send(&Frame::Results(results))
+            .map_err(|e| format!("lost the server: {e}"))?;
+    }
+}
+
+/// Matches the server's function list against this process's `(method, stage index, name, function)` list.
+fn function_table(
+    py: Python<'_>,
+    wanted: &[FunctionEntry],
+    functions: &[(String, u32, String, Py<PyAny>)],
+) -> Result<HashMap<u64, Py<PyAny>>, String> {
+    let mut table = HashMap::new();
+    let mut problems = Vec::new();
+    for entry in wanted {
+        let found = functions
+            .iter()
+            .find(|(method, stage, _, _)| *method == entry.method && *stage == entry.stage_index);
+        match found {
+            Some((_, _, name, function)) if *name == entry.name => {
+                table.insert(entry.id, function.clone_ref(py));
+            }
+            Some((_, _, name, _)) => problems.push(format!(
+                "stage {} of method '{}' is {} in the server but {name} here",
+                entry.stage_index, entry.method, entry.name
+            )),
+            None => problems.push(format!(
+                "stage {} of method '{}' ({}) is not a Python stage here",
+                entry.stage_index, entry.method, entry.name
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(table)
+    } else {
+        Err(format!(
+            "servable_config.py declared other stages in the worker process than in the server: {}",
+            problems.join("; ")
+        ))
+    }
+}
+
+/// The loop of a worker process (`python -m rustserve.worker`): connects to the server at `socket_path`, serves
+/// the stage calls it sends with `functions` (`(method, 1-based stage index, "<servable>.<name>", callable)`, as
+/// servable_config.py registered them) until the server closes the connection. With `error`, only reports that
+/// the worker could not start. Returns False when the setup failed (the server has the reason).
+#[pyfunction]
+#[pyo3(signature = (socket_path, functions, error = None))]
+pub fn run_worker(
+    py: Python<'_>,
+    socket_path: &str,
+    functions: Vec<(String, u32, String, Py<PyAny>)>,
+    error: Option<String>,
+) -> PyResult<bool> {
+    // Die with the server even in the middle of a stage: the kernel sends SIGKILL when the thread that spawned
+    // us (the server's supervisor thread) ends. SAFETY: prctl with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    let fail = |e: String| super::RustServeError::new_err(format!("rustserve worker: {e}"));
+    let path = Path::new(socket_path).to_path_buf();
+    let stream = py
+        .detach(move || UnixStream::connect(path))
+        .map_err(|e| fail(format!("cannot connect to '{socket_path}': {e}")))?;
+    let (body, mut fds) = py
+        .detach(|| ipc::recv_with_fds(&stream))
+        .map_err(|e| fail(format!("no setup from the server: {e}")))?;
+    let Some(body) = body else { return Ok(false) };
+    let Frame::Setup { functions: wanted } = ipc::decode(&body, &mut Vec::new()).map_err(fail)? else {
+        return Err(fail("the server's first frame is not Setup".into()));
+    };
+    let refuse = |message: String| {
+        let wire = ipc::encode(&Frame::SetupFailed { message }, &mut Vec::new())?;
+        ipc::send_all(&stream, &wire)
+    };
+    if let Some(message) = error {
+        refuse(message).map_err(|e| fail(e.to_string()))?;
+        return Ok(false);
+    }
+    let table = match function_table(py, &wanted, &functions) {
+        Ok(table) => table,
+        Err(message) => {
+            refuse(message).map_err(|e| fail(e.to_string()))?;
+            return Ok(false);
+        }
+    };
+    if fds.len() != 2 {
+        return Err(fail(format!("expected 2 shared-memory regions, got {}", fds.len())));
+    }
+    let to_server = fds.pop().map(Shm::open).transpose().map_err(|e| fail(e.to_string()))?;
+    let from_server = fds.pop().map(Shm::open).transpose().map_err(|e| fail(e.to_string()))?;
+    let (Some(to_server), Some(from_server)) = (to_server, from_server) else {
+        return Err(fail("missing shared-memory regions".into()));
+    };
+    let wire = ipc::encode(
+        &Frame::Ready {
+            pid: std::process::id(),
+        },
+        &mut Vec::new(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    ipc::send_all(&stream, &wire).map_err(|e| fail(e.to_string()))?;
+    let link = Rc::new(RefCell::new(Link {
+        stream,
+        from_server: ShmReader::new(from_server),
+        to_server: ShmWriter::new(to_server),
+    }));
+    stages::set_remote_models(Some(remote_models(link.clone())));
+    let served = serve_calls(py, &link, &table);
+    stages::set_remote_models(None);
+    served.map(|()| true).map_err(fail)
+}
