@@ -13,17 +13,25 @@ use std::sync::Arc;
 
 fn proto_request(instances: usize, floats: usize) -> Bytes {
     let tensor = ms::Tensor {
-        shape: Some(ms::TensorShape { dims: vec![floats as i64] }),
+        shape: Some(ms::TensorShape {
+            dims: vec![floats as i64],
+        }),
         dtype: ms::DataType::MsFloat32 as i32,
         bytes_val: vec![],
         tensor_data: Some(ms::tensor::TensorData::Data(Bytes::from(vec![0u8; floats * 4]))),
     };
     let instance = ms::Instance {
-        items: [("x1".to_string(), tensor.clone()), ("x2".to_string(), tensor)].into_iter().collect(),
+        items: [("x1".to_string(), tensor.clone()), ("x2".to_string(), tensor)]
+            .into_iter()
+            .collect(),
         output_buffers: Default::default(),
     };
     let request = ms::PredictRequest {
-        servable_spec: Some(ms::ServableSpec { name: "add".into(), method_name: "add_common".into(), version_number: 0 }),
+        servable_spec: Some(ms::ServableSpec {
+            name: "add".into(),
+            method_name: "add_common".into(),
+            version_number: 0,
+        }),
         instances: vec![instance; instances],
     };
     Bytes::from(request.encode_to_vec())
@@ -31,7 +39,10 @@ fn proto_request(instances: usize, floats: usize) -> Bytes {
 
 fn reply(instances: usize, floats: usize) -> PredictReply {
     let y = Tensor::from_values(vec![floats as i64], &vec![1.5f32; floats]).expect("valid tensor");
-    PredictReply::Instances { output_names: Arc::from(vec!["y".to_string()]), results: vec![Ok(vec![y]); instances] }
+    PredictReply::Instances {
+        output_names: Arc::from(vec!["y".to_string()]),
+        results: vec![Ok(vec![y]); instances],
+    }
 }
 
 fn bench_proto(c: &mut Criterion) {
@@ -52,7 +63,9 @@ fn bench_proto(c: &mut Criterion) {
 
 fn bench_json(c: &mut Criterion) {
     let body = br#"{"instances": [{"x1": [[1.0, 2.0], [3.0, 4.0]], "x2": [[1.0, 2.0], [3.0, 4.0]]}]}"#;
-    c.bench_function("ms_json decode 1x[2,2]f32", |b| b.iter(|| ms_json::decode_body(black_box(body), 1 << 20)));
+    c.bench_function("ms_json decode 1x[2,2]f32", |b| {
+        b.iter(|| ms_json::decode_body(black_box(body), 1 << 20))
+    });
     let answer = reply(1, 4);
     c.bench_function("ms_json encode 1x[4]f32", |b| {
         b.iter(|| serde_json::to_vec(&ms_json::encode_reply(black_box(&answer))).expect("serialisable"));

@@ -181,6 +181,11 @@ def classify_top1(image):
 """
 )
 
+# The same pipeline with the batching knobs set for a closed loop of 8 clients: wait up to 60 ms for a batch of 8.
+RESNET50_BATCH8_CONFIG = RESNET50_CONFIG.replace(
+    "max_batch_size=8", "max_batch_size=8, max_queue_delay_ms=60, preferred_batch_sizes=[8]"
+)
+
 PYBOUND_CONFIG = (
     _CONFIG_HEAD
     + """
@@ -203,6 +208,7 @@ def write_servables(root: Path, models_dir: Path, *, resnet: bool) -> Path:
     }
     if resnet:
         plan["resnet50"] = (RESNET50_CONFIG, "resnet50.onnx")
+        plan["resnet50_batch8"] = (RESNET50_BATCH8_CONFIG, "resnet50.onnx")
     for name, (config, model_file) in plan.items():
         folder = root / name
         (folder / "1").mkdir(parents=True, exist_ok=True)

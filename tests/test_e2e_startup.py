@@ -204,18 +204,6 @@ def test_missing_servable_directory(tmp_path: Path, failing_start: Callable[...,
     assert "does-not-exist" in server.stderr_text()
 
 
-def test_one_bad_servable_fails_the_whole_start(
-    make_servable: Callable[..., Path], failing_start: Callable[..., ServerProcess]
-) -> None:
-    """A good servable next to a broken one does not hide the failure."""
-    good = make_servable("good", ADD_CONFIG, versions=(1,))
-    models.build_add(good / "1" / "add.onnx")
-    make_servable("broken", 'raise ValueError("nope")\n', root=good.parent)
-    server = failing_start(good.parent)
-    assert server.proc.returncode == 1, server.describe()
-    assert "import broken.servable_config failed" in server.stderr_text()
-
-
 def test_grpc_port_in_use(
     session_server: ServerProcess, make_servable: Callable[..., Path], failing_start: Callable[..., ServerProcess]
 ) -> None:

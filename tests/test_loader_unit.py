@@ -504,7 +504,7 @@ class FakeServer:
                 raise RuntimeError("servable 'reject' v1: model file is not a valid ONNX model")
         self.specs.extend(specs)
 
-    def start_grpc(self, address: str, max_msg_mb_size: int) -> int:
+    def start_grpc(self, address: str, max_msg_mb_size: int, tls: Any = None) -> int:
         if address.endswith(":1"):
             raise RuntimeError(
                 f"Serving Error: Serving gRPC server start failed, create server failed, address {address}"
@@ -512,12 +512,24 @@ class FakeServer:
         self.listeners.append(("grpc", address, max_msg_mb_size))
         return int(address.rsplit(":", 1)[1])
 
-    def start_rest(self, address: str, max_msg_mb_size: int) -> int:
+    def start_rest(self, address: str, max_msg_mb_size: int, tls: Any = None) -> int:
         self.listeners.append(("rest", address, max_msg_mb_size))
         return int(address.rsplit(":", 1)[1])
 
     def set_repository(self, loader: Any) -> None:
         self.repository = loader
+
+    def set_request_timeout(self, seconds: float) -> None:
+        self.request_timeout = seconds
+
+    def set_drain_timeout(self, seconds: float) -> None:
+        self.drain_timeout = seconds
+
+    def set_max_queued_instances(self, limit: int) -> None:
+        self.max_queued_instances = limit
+
+    def set_max_queued_python_calls(self, limit: int) -> None:
+        self.max_queued_python_calls = limit
 
     def stop(self) -> None:
         self.stopped = True
@@ -634,7 +646,7 @@ def test_rest_and_size_checks() -> None:
         server.start_restful_server("127.0.0.1:1500", max_msg_mb_size=0)
     with _raises("The type of ssl_config should be type of SSLConfig"):
         server.start_grpc_server("127.0.0.1:5500", ssl_config="tls")  # type: ignore[arg-type]
-    with pytest.raises(NotImplementedError, match="^TLS is not supported yet$"):
+    with pytest.raises(RuntimeError, match="^Serving Error: load certificate from cert.pem failed: "):
         server.start_restful_server("127.0.0.1:1500", ssl_config=server.SSLConfig("cert.pem", "key.pem"))
     with _raises("Parameter 'custom_ca' should be str, but actually <class 'NoneType'>"):
         server.SSLConfig("cert.pem", "key.pem", verify_client=True)
@@ -735,11 +747,19 @@ class Server:
         pass
     def add_servables(self, specs):
         pass
-    def start_grpc(self, address, size):
+    def start_grpc(self, address, size, tls=None):
         return 1
-    def start_rest(self, address, size):
+    def start_rest(self, address, size, tls=None):
         return 1
     def set_repository(self, loader):
+        pass
+    def set_request_timeout(self, seconds):
+        pass
+    def set_drain_timeout(self, seconds):
+        pass
+    def set_max_queued_instances(self, limit):
+        pass
+    def set_max_queued_python_calls(self, limit):
         pass
     def stop(self):
         print("native stop", flush=True)
@@ -803,8 +823,9 @@ def test_script_in_a_loop_gets_keyboard_interrupt(tmp_path: Path) -> None:
         import time
         from rustserve import server
         server.start_servables(server.ServableStartConfig({str(tmp_path)!r}, "pystages"))
-        print("ready", flush=True)
         try:
+            # Inside the try: SIGINT may land while print() returns, right after the line is flushed.
+            print("ready", flush=True)
             while True:
                 time.sleep(0.05)
         except KeyboardInterrupt:

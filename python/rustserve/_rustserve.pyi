@@ -47,10 +47,25 @@ class Server:
     def __new__(cls, worker_threads: int = 0) -> Server: ...
     def add_servables(self, specs: Sequence[dict[str, Any]]) -> None:
         """Loads and validates servable versions described by spec dicts (see rustserve.server._spec)."""
-    def start_grpc(self, address: str, max_msg_mb_size: int) -> int:
-        """Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port."""
-    def start_rest(self, address: str, max_msg_mb_size: int) -> int:
-        """Starts the REST server on `address` (ip:port); returns the bound port."""
+    def start_grpc(
+        self, address: str, max_msg_mb_size: int, tls: tuple[str, str, str | None, bool] | None = None
+    ) -> int:
+        """Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port. `tls` is
+        `(certificate, private_key, custom_ca, verify_client)` with PEM file paths, or None for plaintext."""
+    def start_rest(
+        self, address: str, max_msg_mb_size: int, tls: tuple[str, str, str | None, bool] | None = None
+    ) -> int:
+        """Starts the REST server on `address` (ip:port); returns the bound port. `tls` as for `start_grpc`."""
+    def set_load_failure(self, name: str, reason: str) -> None:
+        """Records that servable `name` failed to load: not ready, UNAVAILABLE in the repository index."""
+    def set_request_timeout(self, seconds: float) -> None:
+        """Sets the per-request timeout in seconds (> 0): a request still running then fails."""
+    def set_max_queued_instances(self, limit: int) -> None:
+        """Bounds the instances queued per model (subgraph): requests needing a full model queue fail at once."""
+    def set_max_queued_python_calls(self, limit: int) -> None:
+        """Bounds the Python stage calls waiting for an executor: further calls fail at once."""
+    def set_drain_timeout(self, seconds: float) -> None:
+        """Sets how long `stop` lets requests in flight finish, in seconds (>= 0)."""
     def servables(self) -> list[tuple[str, int, list[str]]]:
         """(name, version, method names) of every loaded servable version."""
     def stop(self) -> None:

@@ -22,7 +22,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rustserve.server._spec import ServableSpec
 
 __all__ = ["main", "parse_assignment"]
 
@@ -81,9 +84,49 @@ def _parser() -> argparse.ArgumentParser:
         help="Python stage executors per servable version, 0-64: N > 1 adds N - 1 worker processes next to the "
         "server's Python thread (default 0: the Python thread only)",
     )
+    start.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit when any servable fails to load (default: serve the others, report it as not ready, and exit only "
+        "when none loads)",
+    )
     start.add_argument("--log-level", default="info", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default info)")
     start.add_argument(
         "--max-msg-mb-size", type=int, default=100, metavar="MB", help="largest message in MB (default 100)"
+    )
+    start.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve gRPC and REST over TLS")
+    start.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    start.add_argument("--tls-ca", metavar="FILE", help="PEM root certificates for client certificates")
+    start.add_argument(
+        "--tls-verify-client", action="store_true", help="mutual TLS: clients must present a cert signed by --tls-ca"
+    )
+    start.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a request still running after S seconds fails and its queued work is dropped (default 300)",
+    )
+    start.add_argument(
+        "--max-queued-instances",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="per model: while N instances wait for a batch, requests needing it fail at once (default 10000)",
+    )
+    start.add_argument(
+        "--max-queued-python-calls",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="Python stage calls that may wait for an executor; further ones fail at once (default 10000)",
+    )
+    start.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, how long requests in flight may finish before the server stops (default 10)",
     )
 
     infer = commands.add_parser(
@@ -140,6 +183,53 @@ def _method_line(method: Mapping[str, Any]) -> str:
     return f"{method['name']}({', '.join(method['inputs'])}) -> {', '.join(method['output_names'])}"
 
 
+def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[str]) -> list[ServableSpec]:
+    """Loads each servable on its own, so one that fails does not stop the others (unless `--strict`).
+
+    A failure is printed to stderr with the servable, the file and the cause, and recorded in the native server:
+    `/v2/health/ready` then answers "not ready" and the repository index lists the servable as UNAVAILABLE with its
+    error.
+
+    Args:
+        args: The parsed `start` arguments.
+        directory: The absolute servable directory.
+        names: The servables to load.
+
+    Returns:
+        The specs of every version that loaded.
+
+    Raises:
+        RuntimeError: With `--strict`, the first failure; without it, only when no servable loaded at all.
+    """
+    from rustserve import server
+    from rustserve.server import _loader
+
+    loader = _loader.ServableLoader()
+    specs: list[ServableSpec] = []
+    failures: list[str] = []
+    for name in names:
+        try:
+            versions = loader.load_all_versions(
+                directory,
+                name,
+                device_type=args.device_type,
+                device_ids=args.device_ids,
+                num_parallel_workers=args.num_parallel_workers,
+            )
+            server._add_specs(versions)
+        except Exception as exc:
+            if args.strict or len(names) == 1:
+                raise
+            failures.append(name)
+            server._get_server().set_load_failure(name, str(exc))
+            print(f"rustserve: error: servable '{name}' not served: {exc}", file=sys.stderr, flush=True)
+            continue
+        specs.extend(versions)
+    if failures and not specs:
+        raise RuntimeError(f"no servable could be loaded from '{directory}' (failed: {', '.join(failures)})")
+    return specs
+
+
 def _start(args: argparse.Namespace) -> int:
     from rustserve import server
     from rustserve.server import _loader
@@ -154,27 +244,26 @@ def _start(args: argparse.Namespace) -> int:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
         if not 0 <= args.num_parallel_workers <= 64:
             raise RuntimeError(f"--num-parallel-workers must be in [0, 64], got {args.num_parallel_workers}")
-        loader = _loader.ServableLoader()
-        specs = []
-        for name in names:
-            specs.extend(
-                loader.load_all_versions(
-                    directory,
-                    name,
-                    device_type=args.device_type,
-                    device_ids=args.device_ids,
-                    num_parallel_workers=args.num_parallel_workers,
-                )
-            )
-        server._add_specs(specs)
+        ssl_config = None
+        if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify_client:
+            if not (args.tls_cert and args.tls_key):
+                raise RuntimeError("--tls-cert and --tls-key must be given together")
+            if args.tls_verify_client and not args.tls_ca:
+                raise RuntimeError("--tls-verify-client needs --tls-ca (the roots client certificates chain to)")
+            ssl_config = server.SSLConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_client)
+        server.set_request_timeout(args.request_timeout_s)
+        server.set_drain_timeout(args.drain_timeout_s)
+        server.set_max_queued_instances(args.max_queued_instances)
+        server.set_max_queued_python_calls(args.max_queued_python_calls)
+        specs = _load_servables(args, directory, names)
         # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
         server._set_repository(directory, args.device_type, args.device_ids)
         listeners = []
         if not args.no_grpc:
-            server.start_grpc_server(args.grpc, args.max_msg_mb_size)
+            server.start_grpc_server(args.grpc, args.max_msg_mb_size, ssl_config)
             listeners.append(f"gRPC {args.grpc}")
         if not args.no_rest:
-            server.start_restful_server(args.rest, args.max_msg_mb_size)
+            server.start_restful_server(args.rest, args.max_msg_mb_size, ssl_config)
             listeners.append(f"REST {args.rest}")
     except Exception as exc:
         server.stop()

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
-/// How long `stop` waits for requests in flight before dropping them.
+/// How long `stop` waits for requests in flight before dropping them, unless `set_drain_timeout` changed it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which listener, for error texts and bookkeeping.
@@ -32,6 +32,7 @@ pub struct ServerRuntime {
     handle: tokio::runtime::Handle,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<(Listener, JoinHandle<()>)>>,
+    drain_timeout: Mutex<Duration>,
 }
 
 impl ServerRuntime {
@@ -56,7 +57,16 @@ impl ServerRuntime {
             handle,
             stop: watch::channel(false).0,
             tasks: Mutex::default(),
+            drain_timeout: Mutex::new(DRAIN_TIMEOUT),
         })
+    }
+
+    /// Sets how long `stop` lets requests in flight finish.
+    pub fn set_drain_timeout(&self, timeout: Duration) {
+        *self
+            .drain_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timeout;
     }
 
     /// The runtime's handle (model batchers and `Model.call` use it).
@@ -108,6 +118,7 @@ impl ServerRuntime {
         service: std::sync::Arc<Service>,
         address: &str,
         max_bytes: usize,
+        tls: Option<&ingress::tls::TlsFiles>,
     ) -> Result<u16, ServeError> {
         if self.is_running(Listener::Grpc) {
             return Err(ServeError::Config(
@@ -119,7 +130,15 @@ impl ServerRuntime {
             .local_addr()
             .map_err(|e| ServeError::Internal(e.to_string()))?
             .port();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Built before anything is spawned, so a bad certificate or key pair fails the start call.
+        let tls_config = match tls {
+            Some(files) => Some(ingress::tls::server_config(files, &[b"h2"]).map_err(|e| {
+                ServeError::Config(format!(
+                    "Serving Error: Serving gRPC server start failed, create server failed, address {address}: {e}"
+                ))
+            })?),
+            None => None,
+        };
         // grpc.health.v1: "" and both services are SERVING until `stop` begins, then NOT_SERVING while draining.
         let (reporter, health) = tonic_health::server::health_reporter();
         let names = [
@@ -144,11 +163,23 @@ impl ServerRuntime {
             .add_service(ingress::grpc::ms_service(service.clone(), max_bytes))
             .add_service(ingress::kserve_grpc::kserve_service(service, max_bytes));
         let stop = self.stop_signal();
-        let task = self.handle.spawn(async move {
-            if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!("gRPC server failed: {err}");
-            }
-        });
+        let task = if let Some(config) = tls_config {
+            let _guard = self.handle.enter();
+            let incoming = ingress::tls::TlsIncoming::spawn(listener, config, self.stop_signal())
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            self.handle.spawn(async move {
+                if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!("gRPC server failed: {err}");
+                }
+            })
+        } else {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            self.handle.spawn(async move {
+                if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!("gRPC server failed: {err}");
+                }
+            })
+        };
         self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -163,6 +194,7 @@ impl ServerRuntime {
         service: std::sync::Arc<Service>,
         address: &str,
         max_bytes: usize,
+        tls: Option<&ingress::tls::TlsFiles>,
     ) -> Result<u16, ServeError> {
         use axum::serve::ListenerExt;
         if self.is_running(Listener::Rest) {
@@ -175,16 +207,34 @@ impl ServerRuntime {
             .local_addr()
             .map_err(|e| ServeError::Internal(e.to_string()))?
             .port();
+        let tls_config = match tls {
+            Some(files) => Some(
+                ingress::tls::server_config(files, &[b"h2", b"http/1.1"])
+                    .map_err(|e| ServeError::Config(format!("Serving Error: {e}")))?,
+            ),
+            None => None,
+        };
         let app = ingress::http::router(service, max_bytes);
         let stop = self.stop_signal();
-        let task = self.handle.spawn(async move {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-                tracing::error!("REST server failed: {err}");
-            }
-        });
+        let task = if let Some(config) = tls_config {
+            let _guard = self.handle.enter();
+            let incoming = ingress::tls::TlsIncoming::spawn(listener, config, self.stop_signal())
+                .map_err(|e| ServeError::Internal(e.to_string()))?;
+            self.handle.spawn(async move {
+                if let Err(err) = axum::serve(incoming, app).with_graceful_shutdown(stop).await {
+                    tracing::error!("REST server failed: {err}");
+                }
+            })
+        } else {
+            self.handle.spawn(async move {
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                    tracing::error!("REST server failed: {err}");
+                }
+            })
+        };
         self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -192,7 +242,7 @@ impl ServerRuntime {
         Ok(port)
     }
 
-    /// Stops accepting, waits up to `DRAIN_TIMEOUT` for requests in flight, then shuts the runtime down.
+    /// Stops accepting, waits up to the drain timeout for requests in flight, then shuts the runtime down.
     /// Blocking; idempotent.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
@@ -210,10 +260,14 @@ impl ServerRuntime {
         else {
             return;
         };
+        let drain = *self
+            .drain_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         runtime.block_on(async {
             let all = futures::future::join_all(tasks.into_iter().map(|(_, t)| t));
-            if tokio::time::timeout(DRAIN_TIMEOUT, all).await.is_err() {
-                tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+            if tokio::time::timeout(drain, all).await.is_err() {
+                tracing::warn!("requests still in flight after the drain timeout ({drain:?}); stopping anyway");
             }
         });
         runtime.shutdown_timeout(Duration::from_secs(1));

@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 /// MindSpore's default `set_max_enqueued_requests`.
 pub const DEFAULT_MAX_ENQUEUED_REQUESTS: usize = 10_000;
 
+/// Default bound on instances queued for one model (subgraph) before requests using it are refused.
+pub const DEFAULT_MAX_QUEUED_INSTANCES: usize = 10_000;
+
+/// Default per-request timeout: generous, so only a hung stage or an overloaded server ever reaches it.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(5);
+
 tokio::task_local! {
     /// Nanoseconds the current request spent in Python stages (set by `predict_observed`, added to by `TimedPython`).
     static PYTHON_NS: Arc<AtomicU64>;
@@ -42,6 +48,10 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     max_enqueued: usize,
     in_flight: AtomicUsize,
+    /// Per model queue: requests needing a model with this many instances queued fail fast (`set_max_queued_instances`).
+    max_queued_instances: AtomicUsize,
+    /// Per-request timeout in milliseconds (`set_request_timeout`).
+    request_timeout_ms: AtomicU64,
     stopping: AtomicBool,
     repository: RwLock<Option<Arc<dyn Repository>>>,
     /// One repository load or unload at a time.
@@ -93,10 +103,50 @@ impl Service {
             metrics,
             max_enqueued,
             in_flight: AtomicUsize::new(0),
+            max_queued_instances: AtomicUsize::new(DEFAULT_MAX_QUEUED_INSTANCES),
+            request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
             stopping: AtomicBool::new(false),
             repository: RwLock::default(),
             repository_lock: tokio::sync::Mutex::const_new(()),
         }
+    }
+
+    /// Sets how long one request may run (queueing included) before it fails; its queued work is then dropped.
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.request_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the per-model queue bound: while a model (subgraph) a method runs has `limit` instances queued, requests
+    /// for that method fail at once with `Overloaded` instead of queueing more.
+    pub fn set_max_queued_instances(&self, limit: usize) {
+        self.max_queued_instances.store(limit.max(1), Ordering::Relaxed);
+    }
+
+    /// The first model queue of `plan` that is full, as a client-facing error.
+    fn full_model_queue(&self, plan: &MethodPlan) -> Option<ServeError> {
+        let limit = self.max_queued_instances.load(Ordering::Relaxed);
+        plan.spec.stages.iter().find_map(|stage| {
+            let StageKind::Model { model, subgraph } = stage.kind else {
+                return None;
+            };
+            let queue = plan.models.queue(model, subgraph)?;
+            let depth = queue.queue_depth();
+            (depth >= limit).then(|| {
+                ServeError::Overloaded(format!(
+                    "Serving Error: the queue of model '{}' is full ({depth} instances queued, limit {limit}), \
+                     servable: {}, method: {}; retry later",
+                    queue.model(),
+                    plan.servable,
+                    plan.spec.name
+                ))
+            })
+        })
     }
 
     /// Answers one predict request (recorded with protocol `Other`).
@@ -179,7 +229,21 @@ impl Service {
                     }
                     ordered.push(inputs);
                 }
-                let results = run_method(&plan, self.python.as_ref(), ordered).await;
+                if let Some(full) = self.full_model_queue(&plan) {
+                    return PredictReply::Failed(full);
+                }
+                let timeout = self.request_timeout();
+                // Dropping the method's future on timeout drops its batcher receivers and Python tickets, so work
+                // still queued for this request is skipped rather than run for nobody.
+                let Ok(results) = tokio::time::timeout(timeout, run_method(&plan, self.python.as_ref(), ordered)).await
+                else {
+                    return PredictReply::Failed(ServeError::Unavailable(format!(
+                        "Serving Error: request timed out after {:.3} s (request timeout), servable: {}, method: {}",
+                        timeout.as_secs_f64(),
+                        target.servable,
+                        target.method
+                    )));
+                };
                 PredictReply::Instances {
                     output_names: plan.output_names.clone(),
                     results,

@@ -18,6 +18,7 @@ import atexit
 import functools
 import importlib
 import logging
+import math
 import os
 import re
 import signal
@@ -36,6 +37,10 @@ __all__ = [
     "SSLConfig",
     "ServableStartConfig",
     "register",
+    "set_drain_timeout",
+    "set_max_queued_instances",
+    "set_max_queued_python_calls",
+    "set_request_timeout",
     "start_grpc_server",
     "start_restful_server",
     "start_servables",
@@ -61,16 +66,24 @@ def _as_runtime_error(exc: Exception, prefix: str = "") -> RuntimeError:
 
 
 class SSLConfig:
-    """Server TLS settings (MindSpore-compatible signature); TLS is not supported by rustserve yet.
+    """Server TLS settings for `start_grpc_server` / `start_restful_server` (MindSpore-compatible signature).
+
+    The files are read when the server starts; a missing file, a file that is not PEM, or a key that does not match
+    the certificate fails that start call with a message naming the file.
 
     Args:
-        certificate: PEM certificate chain file.
-        private_key: PEM private key file.
-        custom_ca: PEM root certificates, required when `verify_client` is True.
-        verify_client: Whether clients must present a certificate.
+        certificate: PEM certificate chain file (leaf first).
+        private_key: PEM private key file (PKCS#8, PKCS#1 or SEC1).
+        custom_ca: PEM root certificates that client certificates must chain to; required when `verify_client` is
+            True, ignored otherwise.
+        verify_client: Whether clients must present a certificate signed by `custom_ca` (mutual TLS).
 
     Raises:
         RuntimeError: A parameter is invalid.
+
+    Example:
+        >>> ssl = server.SSLConfig("server.crt", "server.key")
+        >>> server.start_grpc_server("127.0.0.1:5500", ssl_config=ssl)  # doctest: +SKIP
     """
 
     def __init__(
@@ -539,12 +552,13 @@ def _check_address(address: str, server_tag: str) -> None:
         )
 
 
-def _check_ssl_config(ssl_config: SSLConfig | None) -> None:
+def _check_ssl_config(ssl_config: SSLConfig | None) -> tuple[str, str, str | None, bool] | None:
+    """The native `tls` argument for `ssl_config`: (certificate, private_key, custom_ca, verify_client) or None."""
     if ssl_config is None:
-        return
+        return None
     if not isinstance(ssl_config, SSLConfig):
         raise RuntimeError("The type of ssl_config should be type of SSLConfig")
-    raise NotImplementedError("TLS is not supported yet")
+    return (ssl_config.certificate, ssl_config.private_key, ssl_config.custom_ca, ssl_config.verify_client)
 
 
 @_stop_on_except
@@ -554,19 +568,18 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLC
     Args:
         address: `ip:port`; `unix:<path>` is not supported yet.
         max_msg_mb_size: Largest message in MB, in [1,512], for receiving and sending.
-        ssl_config: Must be None (TLS is not supported yet).
+        ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
 
     Raises:
-        RuntimeError: Invalid parameters, already running, or bind failure (MindSpore's texts). The server is
-            stopped first.
-        NotImplementedError: `ssl_config` is given.
+        RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key (MindSpore's
+            texts). The server is stopped first.
 
     Example:
         >>> server.start_grpc_server("127.0.0.1:5500")
     """
     _check_str("address", address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
-    _check_ssl_config(ssl_config)
+    tls = _check_ssl_config(ssl_config)
     with _state.lock:
         if _state.grpc_address is not None:
             raise RuntimeError("Serving Error: Serving gRPC server is already running")
@@ -578,7 +591,7 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLC
             )
         _check_address(address, "Serving gRPC")
         try:
-            _get_server().start_grpc(address, max_msg_mb_size)
+            _get_server().start_grpc(address, max_msg_mb_size, tls)
         except Exception as exc:
             raise _as_runtime_error(exc) from exc
         _state.grpc_address = address
@@ -593,19 +606,18 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: S
     Args:
         address: `ip:port`.
         max_msg_mb_size: Largest request body in MB, in [1,512].
-        ssl_config: Must be None (TLS is not supported yet).
+        ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
 
     Raises:
-        RuntimeError: Invalid parameters, already running, or bind failure (MindSpore's texts). The server is
-            stopped first.
-        NotImplementedError: `ssl_config` is given.
+        RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key (MindSpore's
+            texts). The server is stopped first.
 
     Example:
         >>> server.start_restful_server("127.0.0.1:1500")
     """
     _check_str("address", address)
     _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
-    _check_ssl_config(ssl_config)
+    tls = _check_ssl_config(ssl_config)
     with _state.lock:
         if _state.rest_address is not None:
             raise RuntimeError("Serving Error: RESTful server is already running")
@@ -613,12 +625,93 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: S
             raise RuntimeError("Serving Error: RESTful server does not support binding to unix domain socket")
         _check_address(address, "RESTful server")
         try:
-            _get_server().start_rest(address, max_msg_mb_size)
+            _get_server().start_rest(address, max_msg_mb_size, tls)
         except Exception as exc:
             raise _as_runtime_error(exc) from exc
         _state.rest_address = address
     print(f"Serving: Serving RESTful server start success, listening on {address}", flush=True)
     _keep_serving()
+
+
+def _check_seconds(name: str, seconds: float, allow_zero: bool) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise RuntimeError(f"Parameter '{name}' should be int or float, but actually {type(seconds)}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise RuntimeError(f"Parameter '{name}' should be {bound} and finite, but actually {seconds}")
+    return float(seconds)
+
+
+def set_request_timeout(seconds: float) -> None:
+    """Sets how long one request may take, queueing included (default 300 s; applies to requests that start later).
+
+    A request past it fails (MindSpore protocols: error_code 4 in-band; v2: UNAVAILABLE / 503) and the work still
+    queued for it is dropped, as when the client disconnects.
+
+    Args:
+        seconds: The timeout, > 0.
+
+    Raises:
+        RuntimeError: `seconds` is not a positive finite number.
+
+    Example:
+        >>> server.set_request_timeout(30)
+    """
+    _get_server().set_request_timeout(_check_seconds("seconds", seconds, allow_zero=False))
+
+
+def set_drain_timeout(seconds: float) -> None:
+    """Sets how long `stop` (and SIGTERM / SIGINT) lets requests in flight finish before stopping (default 10 s).
+
+    Args:
+        seconds: The timeout, >= 0 (0: stop without waiting).
+
+    Raises:
+        RuntimeError: `seconds` is not a finite number >= 0.
+
+    Example:
+        >>> server.set_drain_timeout(30)
+    """
+    _get_server().set_drain_timeout(_check_seconds("seconds", seconds, allow_zero=True))
+
+
+def set_max_queued_instances(limit: int) -> None:
+    """Bounds the instances queued for one model (default 10000): back-pressure instead of unbounded memory.
+
+    While a model a method runs has `limit` instances waiting for a batch, requests for that method fail at once with
+    `Serving Error: the queue of model '<file>' is full ...` (MindSpore protocols: error_code 1; v2: UNAVAILABLE /
+    503). The requests in flight limit (10000, MindSpore's) still applies on top.
+
+    Args:
+        limit: Queued instances per model, >= 1.
+
+    Raises:
+        RuntimeError: `limit` is not an int >= 1.
+
+    Example:
+        >>> server.set_max_queued_instances(1000)
+    """
+    _check_int("limit", limit, 1)
+    _get_server().set_max_queued_instances(limit)
+
+
+def set_max_queued_python_calls(limit: int) -> None:
+    """Bounds the Python stage calls waiting for a free executor (default 10000); further calls fail at once.
+
+    The error is `Serving Error: the Python stage queue is full ...` (MindSpore protocols: error_code 1; v2:
+    UNAVAILABLE / 503). Calls whose client has gone away do not count.
+
+    Args:
+        limit: Waiting calls, >= 1.
+
+    Raises:
+        RuntimeError: `limit` is not an int >= 1.
+
+    Example:
+        >>> server.set_max_queued_python_calls(1000)
+    """
+    _check_int("limit", limit, 1)
+    _get_server().set_max_queued_python_calls(limit)
 
 
 def stop() -> None:

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 pub use self::plan::{BatchMode, BatchPlan, CheckedInstance, DEFAULT_MAX_BATCH_SIZE};
 use self::policy::Decision;
 use crate::error::ServeError;
+use crate::metrics::{BatchObserver, BatchRun};
 use crate::model::{DeviceChoice, ModelSignature, OrtRunner};
 use crate::tensor::Tensor;
 
@@ -98,6 +99,7 @@ pub struct ModelQueue {
     plan: Arc<BatchPlan>,
     tx: mpsc::Sender<Msg>,
     depth: Arc<AtomicUsize>,
+    observer: Arc<OnceLock<Arc<dyn BatchObserver>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     runners: usize,
 }
@@ -172,6 +174,7 @@ impl ModelQueue {
         let plan = Arc::new(BatchPlan::new(&signature, &cfg, model)?);
         let (tx, rx) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
+        let observer: Arc<OnceLock<Arc<dyn BatchObserver>>> = Arc::default();
         let intake = Arc::new(Mutex::new(Intake {
             rx,
             pending: VecDeque::new(),
@@ -188,6 +191,7 @@ impl ModelQueue {
                 plan: Arc::clone(&plan),
                 depth: Arc::clone(&depth),
                 intake: Arc::clone(&intake),
+                observer: Arc::clone(&observer),
                 runner,
             };
             let name = if count == 1 {
@@ -216,6 +220,7 @@ impl ModelQueue {
             plan,
             tx,
             depth,
+            observer,
             threads: Mutex::new(threads),
             runners: count,
         })
@@ -283,6 +288,12 @@ impl ModelQueue {
     /// The name used in errors (the model file path for `load`).
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Reports every batch this queue runs to `observer` (metrics), from the batch threads. Only the first call
+    /// takes effect; returns whether this one did.
+    pub fn set_observer(&self, observer: Arc<dyn BatchObserver>) -> bool {
+        self.observer.set(observer).is_ok()
     }
 
     /// Instances queued and not yet taken into a batch.
@@ -357,6 +368,7 @@ struct BatchThread {
     plan: Arc<BatchPlan>,
     depth: Arc<AtomicUsize>,
     intake: Arc<Mutex<Intake>>,
+    observer: Arc<OnceLock<Arc<dyn BatchObserver>>>,
     runner: Box<dyn BatchRunner>,
 }
 
@@ -469,6 +481,11 @@ impl BatchThread {
 
     /// Runs one batch and answers every instance in it; failures reach every instance of the batch.
     fn run_batch(&mut self, batch: Vec<Job>) {
+        let started = Instant::now();
+        // FIFO: the first job is the oldest of the batch.
+        let queue_wait = batch
+            .first()
+            .map_or(Duration::ZERO, |job| started.saturating_duration_since(job.queued_at));
         let (instances, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<InstanceResult>>) =
             batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
         let real = instances.len();
@@ -489,6 +506,19 @@ impl BatchThread {
                 .unwrap_or_default();
             Err(format!("the model runner panicked: {what}"))
         });
+        let run = BatchRun {
+            instances: real,
+            queue_wait,
+            run: started.elapsed(),
+            ok: outcome.is_ok(),
+        };
+        tracing::trace!(
+            model = %self.model,
+            instances = real,
+            queue_wait_us = queue_wait.as_micros(),
+            run_us = run.run.as_micros(),
+            "batch"
+        );
         match outcome {
             Ok(per_instance) => {
                 for (reply, outputs) in replies.into_iter().zip(per_instance) {
@@ -503,6 +533,10 @@ impl BatchThread {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
+        }
+        // After the replies, so metrics never delay an answer.
+        if let Some(observer) = self.observer.get() {
+            observer.batch_done(&run);
         }
     }
 }

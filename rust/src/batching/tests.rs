@@ -830,6 +830,40 @@ fn default_intra_op_threads_share_the_cores() {
     assert_eq!(default_intra_op_threads(2), (cores / 2).max(1));
 }
 
+#[derive(Default)]
+struct Recorder(Mutex<Vec<crate::metrics::BatchRun>>);
+
+impl crate::metrics::BatchObserver for Recorder {
+    fn batch_done(&self, run: &crate::metrics::BatchRun) {
+        self.0.lock().unwrap().push(*run);
+    }
+}
+
+#[test]
+fn observers_see_every_batch() {
+    let failing = |inputs: &[Tensor]| {
+        if inputs[0].to_values::<f32>().unwrap().contains(&13.0) {
+            Err(ServeError::Model("unlucky".into()))
+        } else {
+            echo(inputs)
+        }
+    };
+    let gated = Gated::new(fixed_sig(-1), &batched(Some(4)), failing);
+    let recorder = Arc::new(Recorder::default());
+    assert!(gated.queue.set_observer(recorder.clone()));
+    assert!(
+        !gated.queue.set_observer(Arc::new(Recorder::default())),
+        "the first observer stays"
+    );
+    let instances: Vec<Vec<Tensor>> = [1.0, 2.0, 3.0].iter().map(|&v| vec![row(&[v, v])]).collect();
+    let (results, _) = gated.run_behind_blocker(vec![row(&[0.0, 0.0])], instances);
+    assert!(results.iter().all(Result::is_ok));
+    assert!(gated.queue.infer_blocking(vec![row(&[13.0, 0.0])]).is_err());
+    let runs = recorder.0.lock().unwrap();
+    let seen: Vec<(usize, bool)> = runs.iter().map(|r| (r.instances, r.ok)).collect();
+    assert_eq!(seen, vec![(1, true), (3, true), (1, false)]);
+}
+
 // ---- real ONNX Runtime sessions ----
 
 fn load(name: &str, cfg: &BatchConfig) -> ModelQueue {

@@ -229,7 +229,11 @@ pub fn tensor_from_raw(what: &str, dtype: DType, shape: Vec<i64>, raw: Bytes) ->
             data: TensorData::Items(items),
         });
     }
-    let expected = count * dtype.item_size();
+    // NOTE: checked, not `*`: a shape like [2^62] of FP32 wraps to 0 bytes in release builds, and would let an empty
+    // payload through with an absurd shape (found by codec::fuzz_tests).
+    let Some(expected) = count.checked_mul(dtype.item_size()) else {
+        return Err(format!("{what}: invalid shape {shape:?} (the data size overflows)"));
+    };
     if raw.len() != expected {
         return Err(format!(
             "{what}: {} bytes of {} data do not match shape {shape:?} ({expected} bytes expected)",
@@ -254,7 +258,13 @@ pub fn tensor_from_raw(what: &str, dtype: DType, shape: Vec<i64>, raw: Bytes) ->
 
 /// Element count of a v2 shape, with an error naming the tensor for negative dims or overflow.
 pub fn count_of(what: &str, shape: &[i64]) -> Result<usize, String> {
-    element_count(shape).ok_or_else(|| format!("{what}: invalid shape {shape:?} (dims must be >= 0)"))
+    element_count(shape).ok_or_else(|| {
+        if shape.iter().any(|&d| d < 0) {
+            format!("{what}: invalid shape {shape:?} (dims must be >= 0)")
+        } else {
+            format!("{what}: invalid shape {shape:?} (the element count overflows)")
+        }
+    })
 }
 
 /// Splits BYTES raw data (each element: 4-byte little-endian length, then the bytes) into elements, zero-copy.
@@ -302,6 +312,9 @@ pub fn raw_contents(tensor: &Tensor) -> Bytes {
     }
 }
 
+/// The most instances one v2 request may split into (a v2 batch of more rows is refused).
+pub const MAX_BATCH: i64 = 1 << 20;
+
 /// Splits batch-first inputs into one instance per row of dim 0 (the batch size of every input must agree).
 pub fn split_batch(inputs: Vec<InferInput>) -> Result<Vec<NamedInstance>, String> {
     let Some(first) = inputs.first() else {
@@ -334,7 +347,15 @@ pub fn split_batch(inputs: Vec<InferInput>) -> Result<Vec<NamedInstance>, String
     if batch == 0 {
         return Err("the batch size (first dimension of every input) is 0".into());
     }
-    let batch = batch as usize;
+    // Rows of zero elements carry no data, so the message size does not bound their count: without this cap a shape
+    // like [2^62, 0] would allocate 2^62 instances.
+    if batch > MAX_BATCH {
+        return Err(format!(
+            "the batch size (first dimension of every input) is {batch}, more than the limit of {MAX_BATCH} instances \
+             per request"
+        ));
+    }
+    let batch = usize::try_from(batch).map_err(|_| format!("the batch size {batch} does not fit in memory"))?;
     let mut instances: Vec<NamedInstance> = (0..batch).map(|_| NamedInstance::new()).collect();
     for input in inputs {
         let row_shape = input.tensor.shape[1..].to_vec();

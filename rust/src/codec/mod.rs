@@ -5,3 +5,6 @@ pub mod kserve_json;
 pub mod kserve_proto;
 pub mod ms_json;
 pub mod ms_proto;
+
+#[cfg(test)]
+mod fuzz_tests;

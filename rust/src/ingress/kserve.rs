@@ -112,6 +112,13 @@ pub fn resolve(service: &Service, model: &str, version: &str) -> Result<Resolved
         None => (model, None),
     };
     let Some(servable) = service.registry.get(servable_name, number) else {
+        if let Some(reason) = service.registry.failure(servable_name) {
+            // Known but not serving: 503 with the load error, so the caller learns why instead of "unknown".
+            return Err(V2Error::new(
+                Status::Unavailable,
+                format!("model '{model}' is not ready: servable '{servable_name}' failed to load: {reason}"),
+            ));
+        }
         return Err(if number > 0 && service.registry.get(servable_name, 0).is_some() {
             V2Error::not_found(format!("version {number} of model '{model}' is not loaded"))
         } else {
@@ -431,10 +438,16 @@ pub fn statistics(service: &Service, model: Option<&str>, version: &str) -> Resu
 }
 
 /// The repository index: every loaded servable version (READY) and every servable of the repository that is not
-/// loaded (UNAVAILABLE, unless `ready_only`).
+/// loaded (UNAVAILABLE, unless `ready_only`; a servable that failed to load gives its error as the reason).
 pub async fn index(service: &Service, ready_only: bool) -> Result<Vec<IndexEntry>, V2Error> {
-    let names = service.repository_names().await.map_err(V2Error::from)?;
+    let mut names = service.repository_names().await.map_err(V2Error::from)?;
     let loaded = service.registry.all();
+    let failures = service.registry.failures();
+    for (name, _) in &failures {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
     let mut entries: Vec<IndexEntry> = loaded
         .iter()
         .map(|v| IndexEntry {
@@ -447,11 +460,15 @@ pub async fn index(service: &Service, ready_only: bool) -> Result<Vec<IndexEntry
     if !ready_only {
         for name in names {
             if !loaded.iter().any(|v| v.name == name) {
+                let reason = failures.iter().find(|(failed, _)| *failed == name).map_or_else(
+                    || "unloaded".to_owned(),
+                    |(_, reason)| format!("failed to load: {reason}"),
+                );
                 entries.push(IndexEntry {
                     name,
                     version: String::new(),
                     state: "UNAVAILABLE",
-                    reason: "unloaded".into(),
+                    reason,
                 });
             }
         }

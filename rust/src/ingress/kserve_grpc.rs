@@ -36,8 +36,9 @@ impl GrpcInferenceService for KserveGrpc {
     }
 
     async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
+        // A servable that failed to load at start-up keeps the server "not ready" (the others still serve).
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.service.is_ready(),
+            ready: self.service.is_ready() && self.service.registry.failure_summary().is_none(),
         }))
     }
 

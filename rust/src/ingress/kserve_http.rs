@@ -140,10 +140,13 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<V2State>) -> Response {
-    if state.service.is_ready() {
-        json(&serde_json::json!({"ready": true}))
-    } else {
-        error(&V2Error::new(Status::Unavailable, "the server is stopping"))
+    if !state.service.is_ready() {
+        return error(&V2Error::new(Status::Unavailable, "the server is stopping"));
+    }
+    // A servable that failed to load at start-up keeps the server "not ready" (the others still serve).
+    match state.service.registry.failure_summary() {
+        Some(summary) => error(&V2Error::new(Status::Unavailable, summary)),
+        None => json(&serde_json::json!({"ready": true})),
     }
 }
 
@@ -395,7 +398,9 @@ mod tests {
     fn readiness_turns_503_when_stopping_begins() {
         let runtime = ServerRuntime::new(1).unwrap();
         let service = Arc::new(Service::new(Arc::new(NoPython), 10));
-        let port = runtime.start_rest(service.clone(), "127.0.0.1:0", 1 << 20).unwrap();
+        let port = runtime
+            .start_rest(service.clone(), "127.0.0.1:0", 1 << 20, None)
+            .unwrap();
         assert_eq!(get(port, "/v2/health/ready"), (200, "{\"ready\":true}".into()));
         assert_eq!(get(port, "/v2/health/live").0, 200);
         let (status, body) = get(port, "/v2/models/nope");

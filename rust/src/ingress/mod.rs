@@ -6,3 +6,4 @@ pub mod http;
 pub mod kserve;
 pub mod kserve_grpc;
 pub mod kserve_http;
+pub mod tls;

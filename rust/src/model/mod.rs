@@ -147,11 +147,6 @@ fn build_session(
             .with_intra_threads(threads)
             .map_err(|e| fail("cannot set intra-op threads", &e))?;
     }
-    if std::env::var_os("RUSTSERVE_EXPERIMENT_NOSPIN").is_some() {
-        builder = builder
-            .with_intra_op_spinning(false)
-            .map_err(|e| fail("cannot set intra-op spinning", &e))?;
-    }
     if let Some(level) = optimization {
         builder = builder
             .with_optimization_level(level)

@@ -8,6 +8,7 @@ use super::spec::WorkerSettings;
 use super::workers::{WorkerConfig, WorkerHandle};
 use super::{ServableStartError, ServerStartError, spec};
 use crate::error::ServeError;
+use crate::ingress::tls::TlsFiles;
 use crate::runtime::ServerRuntime;
 use crate::servable::spec::{FunctionId, ServableSpec, StageKind};
 use crate::servable::{ServableVersion, loader};
@@ -30,6 +31,25 @@ pub struct PyServer {
     workers: Mutex<Vec<Arc<WorkerHandle>>>,
     service: Arc<Service>,
     stopped: AtomicBool,
+}
+
+/// `(certificate, private_key, custom_ca, verify_client)`, as `rustserve.server.SSLConfig` holds them.
+type TlsArg = (String, String, Option<String>, bool);
+
+fn tls_files((certificate, private_key, custom_ca, verify_client): TlsArg) -> TlsFiles {
+    TlsFiles {
+        certificate,
+        private_key,
+        custom_ca,
+        verify_client,
+    }
+}
+
+fn positive_duration(what: &str, seconds: f64) -> PyResult<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("{what} must be > 0 seconds, got {seconds}")))
 }
 
 fn start_error(err: ServeError) -> PyErr {
@@ -97,18 +117,75 @@ impl PyServer {
         Ok(())
     }
 
-    /// Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port.
-    fn start_grpc(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize) -> PyResult<u16> {
+    /// Starts the MindSpore gRPC service on `address` (ip:port); returns the bound port. `tls` is
+    /// `(certificate, private_key, custom_ca, verify_client)` with PEM file paths, or None for plaintext.
+    #[pyo3(signature = (address, max_msg_mb_size, tls = None))]
+    fn start_grpc(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize, tls: Option<TlsArg>) -> PyResult<u16> {
         let service = self.service.clone();
-        py.detach(|| self.runtime.start_grpc(service, address, max_msg_mb_size * MB))
-            .map_err(start_error)
+        let tls = tls.map(tls_files);
+        py.detach(|| {
+            self.runtime
+                .start_grpc(service, address, max_msg_mb_size * MB, tls.as_ref())
+        })
+        .map_err(start_error)
     }
 
-    /// Starts the REST server on `address` (ip:port); returns the bound port.
-    fn start_rest(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize) -> PyResult<u16> {
+    /// Starts the REST server on `address` (ip:port); returns the bound port. `tls` as for `start_grpc`.
+    #[pyo3(signature = (address, max_msg_mb_size, tls = None))]
+    fn start_rest(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize, tls: Option<TlsArg>) -> PyResult<u16> {
         let service = self.service.clone();
-        py.detach(|| self.runtime.start_rest(service, address, max_msg_mb_size * MB))
-            .map_err(start_error)
+        let tls = tls.map(tls_files);
+        py.detach(|| {
+            self.runtime
+                .start_rest(service, address, max_msg_mb_size * MB, tls.as_ref())
+        })
+        .map_err(start_error)
+    }
+
+    /// Records that servable `name` failed to load (`rustserve start` keeps the others serving): readiness answers
+    /// "not ready" and the repository index lists it as UNAVAILABLE with `reason`, until it loads.
+    fn set_load_failure(&self, name: &str, reason: &str) {
+        self.service.registry.set_failure(name, reason);
+    }
+
+    /// Sets the per-request timeout in seconds (> 0): a request still running then fails, its queued work dropped.
+    fn set_request_timeout(&self, seconds: f64) -> PyResult<()> {
+        self.service
+            .set_request_timeout(positive_duration("request timeout", seconds)?);
+        Ok(())
+    }
+
+    /// Bounds the instances queued per model (subgraph): requests needing a full model queue fail at once.
+    fn set_max_queued_instances(&self, limit: usize) -> PyResult<()> {
+        if limit == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "max queued instances must be >= 1",
+            ));
+        }
+        self.service.set_max_queued_instances(limit);
+        Ok(())
+    }
+
+    /// Bounds the Python stage calls waiting for an executor: further calls fail at once.
+    fn set_max_queued_python_calls(&self, limit: usize) -> PyResult<()> {
+        if limit == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "max queued Python calls must be >= 1",
+            ));
+        }
+        self.dispatcher.set_max_waiting(limit);
+        Ok(())
+    }
+
+    /// Sets how long `stop` lets requests in flight finish, in seconds (>= 0).
+    fn set_drain_timeout(&self, seconds: f64) -> PyResult<()> {
+        if seconds == 0.0 {
+            self.runtime.set_drain_timeout(std::time::Duration::ZERO);
+            return Ok(());
+        }
+        self.runtime
+            .set_drain_timeout(positive_duration("drain timeout", seconds)?);
+        Ok(())
     }
 
     /// Installs the model repository that the Open Inference Protocol's repository extension loads servables from:

@@ -95,11 +95,15 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
         format!("{}, numpy dtype '{name}' is not supported", illegal(obj))
     })?;
     let native = if descr.is_native_byteorder() == Some(false) {
-        obj.call_method1("astype", (dtype.numpy_name(),)).map_err(|e| format!("cannot convert byte order: {e}"))?
+        obj.call_method1("astype", (dtype.numpy_name(),))
+            .map_err(|e| format!("cannot convert byte order: {e}"))?
     } else {
         obj.clone()
     };
-    let contiguous = if native.cast::<PyUntypedArray>().is_ok_and(|a| a.is_c_contiguous()) {
+    let contiguous = if native
+        .cast::<PyUntypedArray>()
+        .is_ok_and(PyUntypedArrayMethods::is_c_contiguous)
+    {
         native
     } else {
         numpy_fn(obj.py(), &ASCONTIGUOUS, "ascontiguousarray")
@@ -112,7 +116,11 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
     // reference to (its buffer stays alive and unmoved while attached); its data pointer addresses `nbytes` bytes.
     let raw = unsafe {
         let data = (*array.as_array_ptr()).fields.data as *const u8;
-        if nbytes == 0 { Vec::new() } else { std::slice::from_raw_parts(data, nbytes).to_vec() }
+        if nbytes == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(data, nbytes).to_vec()
+        }
     };
     Tensor::from_raw(dtype, shape, raw)
 }
@@ -147,7 +155,9 @@ pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
     let generic = NP_GENERIC.import(py, "numpy", "generic").map_err(|e| e.to_string())?;
     if obj.is_instance(generic).unwrap_or(false) {
         // A numpy scalar is a 0-d tensor of its dtype.
-        let array = numpy_fn(py, &ASARRAY, "asarray").and_then(|f| f.call1((obj,))).map_err(|e| e.to_string())?;
+        let array = numpy_fn(py, &ASARRAY, "asarray")
+            .and_then(|f| f.call1((obj,)))
+            .map_err(|e| e.to_string())?;
         return numpy_to_tensor(&array);
     }
     if obj.hasattr("asnumpy").unwrap_or(false) {

@@ -21,6 +21,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use tokio::sync::oneshot;
 
+/// Default bound on Python stage calls waiting for an executor (`Dispatcher::set_max_waiting`).
+pub const DEFAULT_MAX_WAITING: usize = 10_000;
+
 /// The text of every call that cannot run because the server or its executor is going away (MindSpore's).
 pub const STOPPED: &str = "Servable stopped";
 
@@ -58,6 +61,8 @@ struct State {
     routes: HashMap<FunctionId, usize>,
     pools: usize,
     stopped: bool,
+    /// Calls beyond this many waiting are refused at once (back-pressure instead of an ever-growing queue).
+    max_waiting: usize,
 }
 
 struct Inner {
@@ -337,7 +342,10 @@ impl Dispatcher {
     /// A dispatcher whose first executor, which runs every function, is `main` (the GIL thread).
     pub fn new(main: Arc<dyn StageExecutor>) -> Dispatcher {
         let inner = Arc::new(Inner {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                max_waiting: DEFAULT_MAX_WAITING,
+                ..State::default()
+            }),
         });
         inner.lock().slots.push(Slot {
             executor: main,
@@ -345,6 +353,11 @@ impl Dispatcher {
             state: SlotState::Idle,
         });
         Dispatcher { inner }
+    }
+
+    /// Sets how many calls may wait for an executor; beyond it, calls fail at once with `Overloaded`.
+    pub fn set_max_waiting(&self, limit: usize) {
+        self.inner.lock().max_waiting = limit.max(1);
     }
 
     /// A new pool of executors for `functions` (one servable version's Python stages); returns its id.
@@ -408,19 +421,35 @@ impl PythonStages for Dispatcher {
         let starts = {
             let mut state = self.inner.lock();
             if state.stopped {
-                None
+                Err(ServeError::Unavailable(STOPPED.into()))
             } else {
-                state.waiting.push_back(Waiting { call, reply });
-                Some(state.dispatch(&self.inner))
+                if state.waiting.len() >= state.max_waiting {
+                    // Calls whose client went away do not count against the bound.
+                    state.waiting.retain(|w| !w.reply.is_closed());
+                }
+                if state.waiting.len() >= state.max_waiting {
+                    Err(ServeError::Overloaded(format!(
+                        "Serving Error: the Python stage queue is full ({} calls waiting, limit {}), {}; retry later",
+                        state.waiting.len(),
+                        state.max_waiting,
+                        call.name
+                    )))
+                } else {
+                    state.waiting.push_back(Waiting { call, reply });
+                    Ok(state.dispatch(&self.inner))
+                }
             }
         };
-        let refused = starts.is_none();
-        if let Some(starts) = starts {
-            run_starts(starts);
-        }
+        let refused = match starts {
+            Ok(starts) => {
+                run_starts(starts);
+                None
+            }
+            Err(err) => Some(err),
+        };
         Box::pin(async move {
-            if refused {
-                return vec![Err(ServeError::Unavailable(STOPPED.into())); count];
+            if let Some(err) = refused {
+                return vec![Err(err); count];
             }
             // A dropped reply is an error for every instance, never a hang.
             answer
@@ -543,6 +572,35 @@ mod tests {
 
     fn nothing_started(rig: &Rig) {
         assert!(rig.started.try_recv().is_err(), "no ticket should have started");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_abandoned_calls_free_their_place() {
+        let rig = rig(0);
+        rig.dispatcher.set_max_waiting(2);
+        let running = rig.dispatcher.submit(call(2, None, &[1]));
+        let (_, t1) = next(&rig);
+        let queued = rig.dispatcher.submit(call(2, None, &[2]));
+        let abandoned = rig.dispatcher.submit(call(2, None, &[3]));
+        // Two calls wait: the next one is refused without waiting, naming the limit.
+        let refused = rig.dispatcher.submit(call(2, None, &[4])).await;
+        let err = refused[0].as_ref().unwrap_err();
+        assert!(matches!(err, ServeError::Overloaded(_)), "{err:?}");
+        assert!(err.message().contains("limit 2"), "{}", err.message());
+        // A client that goes away frees its place for the next call.
+        drop(abandoned);
+        let accepted = rig.dispatcher.submit(call(2, None, &[5]));
+        echo(t1);
+        let (_, t2) = next(&rig);
+        assert_eq!(values(t2.call()), vec![2]);
+        echo(t2);
+        let (_, t5) = next(&rig);
+        assert_eq!(values(t5.call()), vec![5]);
+        echo(t5);
+        assert_eq!(got(&running.await), vec![1001]);
+        assert_eq!(got(&queued.await), vec![1002]);
+        assert_eq!(got(&accepted.await), vec![1005]);
+        nothing_started(&rig);
     }
 
     #[tokio::test]

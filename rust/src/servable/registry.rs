@@ -1,5 +1,7 @@
 //! name -> version -> loaded servable. Version 0 in a request means the newest loaded version; versions are
-//! added at start-up (and later swapped in by repository calls) without blocking requests in flight.
+//! added at start-up (and later swapped in by repository calls) without blocking requests in flight. Servables
+//! that failed to load at start-up are remembered with their reason, so readiness and the repository index can
+//! say which one is not serving and why.
 
 use super::ServableVersion;
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +11,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Default)]
 pub struct Registry {
     servables: RwLock<HashMap<String, BTreeMap<u64, Arc<ServableVersion>>>>,
+    /// servable name -> why it failed to load (start-up with `rustserve start`, which keeps the others serving).
+    failures: RwLock<BTreeMap<String, String>>,
 }
 
 impl Registry {
@@ -61,6 +65,8 @@ impl Registry {
         let old = if fresh.is_empty() {
             table.remove(name)
         } else {
+            // A servable that loads now (a repository load after a fix) is no longer failed.
+            self.clear_failure(name);
             table.insert(name.to_owned(), fresh)
         };
         old.map(|v| v.into_values().collect()).unwrap_or_default()
@@ -70,6 +76,54 @@ impl Registry {
     /// version keep it until they finish.
     pub fn remove(&self, name: &str) -> Vec<Arc<ServableVersion>> {
         self.replace(name, Vec::new())
+    }
+
+    /// Records that servable `name` failed to load, with the reason (the full error text).
+    pub fn set_failure(&self, name: &str, reason: &str) {
+        self.failures
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), reason.to_owned());
+    }
+
+    /// Forgets the load failure of servable `name`, if any.
+    pub fn clear_failure(&self, name: &str) {
+        self.failures
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// The load failure of servable `name`, if it has one.
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.failures
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Every (servable, reason) that failed to load, sorted by name.
+    pub fn failures(&self) -> Vec<(String, String)> {
+        self.failures
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, reason)| (name.clone(), reason.clone()))
+            .collect()
+    }
+
+    /// "not ready" text naming every servable that failed to load; `None` when all loaded.
+    pub fn failure_summary(&self) -> Option<String> {
+        let failures = self.failures();
+        if failures.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = failures.iter().map(|(name, _)| format!("'{name}'")).collect();
+        Some(format!(
+            "servable(s) {} failed to load (see /v2/repository/index for the reasons)",
+            names.join(", ")
+        ))
     }
 
     /// Drops every servable (their model threads stop when the last request holding them ends).
@@ -122,5 +176,26 @@ mod tests {
         assert!(registry.get("add", 0).is_none());
         assert!(registry.remove("add").is_empty());
         assert_eq!(registry.get("other", 0).unwrap().version, 1);
+    }
+
+    #[test]
+    fn failures_are_listed_until_the_servable_loads() {
+        let registry = Registry::default();
+        assert!(registry.failure_summary().is_none());
+        registry.set_failure("broken", "import broken.servable_config failed");
+        registry.set_failure("absent", "model file missing");
+        assert_eq!(
+            registry.failure("broken").as_deref(),
+            Some("import broken.servable_config failed")
+        );
+        assert_eq!(
+            registry.failure_summary().as_deref(),
+            Some("servable(s) 'absent', 'broken' failed to load (see /v2/repository/index for the reasons)")
+        );
+        registry.replace("broken", vec![version("broken", 1)]);
+        assert!(registry.failure("broken").is_none());
+        assert_eq!(registry.failures().len(), 1);
+        registry.clear_failure("absent");
+        assert!(registry.failure_summary().is_none());
     }
 }
