@@ -86,6 +86,32 @@ impl ServerRuntime {
         }
     }
 
+    /// Refuses a second listener of a kind, binds `address`, and returns the listener with its bound port.
+    fn open(&self, address: &str, which: Listener) -> Result<(tokio::net::TcpListener, u16), ServeError> {
+        if self.is_running(which) {
+            return Err(ServeError::Config(
+                match which {
+                    Listener::Grpc => "Serving Error: Serving gRPC server is already running",
+                    Listener::Rest => "Serving Error: RESTful server is already running",
+                }
+                .into(),
+            ));
+        }
+        let listener = self.bind(address, which)?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .port();
+        Ok((listener, port))
+    }
+
+    fn track(&self, which: Listener, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((which, task));
+    }
+
     fn bind(&self, address: &str, which: Listener) -> Result<tokio::net::TcpListener, ServeError> {
         let addr: SocketAddr = address.parse().map_err(|_| {
             ServeError::Config(match which {
@@ -120,16 +146,7 @@ impl ServerRuntime {
         max_bytes: usize,
         tls: Option<&ingress::tls::TlsFiles>,
     ) -> Result<u16, ServeError> {
-        if self.is_running(Listener::Grpc) {
-            return Err(ServeError::Config(
-                "Serving Error: Serving gRPC server is already running".into(),
-            ));
-        }
-        let listener = self.bind(address, Listener::Grpc)?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| ServeError::Internal(e.to_string()))?
-            .port();
+        let (listener, port) = self.open(address, Listener::Grpc)?;
         // Built before anything is spawned, so a bad certificate or key pair fails the start call.
         let tls_config = match tls {
             Some(files) => Some(ingress::tls::server_config(files, &[b"h2"]).map_err(|e| {
@@ -180,10 +197,7 @@ impl ServerRuntime {
                 }
             })
         };
-        self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((Listener::Grpc, task));
+        self.track(Listener::Grpc, task);
         Ok(port)
     }
 
@@ -197,16 +211,7 @@ impl ServerRuntime {
         tls: Option<&ingress::tls::TlsFiles>,
     ) -> Result<u16, ServeError> {
         use axum::serve::ListenerExt;
-        if self.is_running(Listener::Rest) {
-            return Err(ServeError::Config(
-                "Serving Error: RESTful server is already running".into(),
-            ));
-        }
-        let listener = self.bind(address, Listener::Rest)?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| ServeError::Internal(e.to_string()))?
-            .port();
+        let (listener, port) = self.open(address, Listener::Rest)?;
         let tls_config = match tls {
             Some(files) => Some(
                 ingress::tls::server_config(files, &[b"h2", b"http/1.1"])
@@ -235,10 +240,7 @@ impl ServerRuntime {
                 }
             })
         };
-        self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((Listener::Rest, task));
+        self.track(Listener::Rest, task);
         Ok(port)
     }
 

@@ -302,7 +302,29 @@ class _DeviceInfoContext:
         raise NotImplementedError
 
 
-class CPUDeviceInfo(_DeviceInfoContext):
+class _PrecisionDeviceInfo(_DeviceInfoContext):
+    """A device info whose only option is `precision_mode` ("origin" or "fp16"), as for CPU and GPU."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.precision_mode = ""
+        kind = self._device_type.capitalize()
+        for key, value in kwargs.items():
+            if key != "precision_mode":
+                raise RuntimeError(f"Set {self._device_type} device info failed, unsupported option " + key)
+            _check_str("precision_mode", value)
+            if value not in ("origin", "fp16"):
+                raise RuntimeError(f"{kind} device info 'precision_mode' can only be 'origin', 'fp16'. given '{value}'")
+            self.precision_mode = value
+        self.context_map = self._as_context_map()
+
+    def _as_context_map(self) -> dict[str, str]:
+        result = {"precision_mode": self.precision_mode} if self.precision_mode else {}
+        result["device_type"] = self._device_type
+        return result
+
+
+class CPUDeviceInfo(_PrecisionDeviceInfo):
     """CPU options of a `Context`; accepted for compatibility, ONNX Runtime ignores them.
 
     Args:
@@ -314,25 +336,8 @@ class CPUDeviceInfo(_DeviceInfoContext):
 
     _device_type = "cpu"
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__()
-        self.precision_mode = ""
-        for key, value in kwargs.items():
-            if key != "precision_mode":
-                raise RuntimeError("Set cpu device info failed, unsupported option " + key)
-            _check_str("precision_mode", value)
-            if value not in ("origin", "fp16"):
-                raise RuntimeError(f"Cpu device info 'precision_mode' can only be 'origin', 'fp16'. given '{value}'")
-            self.precision_mode = value
-        self.context_map = self._as_context_map()
 
-    def _as_context_map(self) -> dict[str, str]:
-        result = {"precision_mode": self.precision_mode} if self.precision_mode else {}
-        result["device_type"] = self._device_type
-        return result
-
-
-class GPUDeviceInfo(_DeviceInfoContext):
+class GPUDeviceInfo(_PrecisionDeviceInfo):
     """GPU options of a `Context`; accepted for compatibility, ONNX Runtime ignores them.
 
     Args:
@@ -343,23 +348,6 @@ class GPUDeviceInfo(_DeviceInfoContext):
     """
 
     _device_type = "gpu"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__()
-        self.precision_mode = ""
-        for key, value in kwargs.items():
-            if key != "precision_mode":
-                raise RuntimeError("Set gpu device info failed, unsupported option " + key)
-            _check_str("precision_mode", value)
-            if value not in ("origin", "fp16"):
-                raise RuntimeError(f"Gpu device info 'precision_mode' can only be 'origin', 'fp16'. given '{value}'")
-            self.precision_mode = value
-        self.context_map = self._as_context_map()
-
-    def _as_context_map(self) -> dict[str, str]:
-        result = {"precision_mode": self.precision_mode} if self.precision_mode else {}
-        result["device_type"] = self._device_type
-        return result
 
 
 _ASCEND_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
