@@ -125,3 +125,23 @@ def test_python_stage_time_busy_time_and_queue_depth(server: ServerProcess, rest
     assert {("pipeline", "double.onnx"), ("pipeline", "plus_one.onnx"), ("mlp", "mlp.onnx")} <= models
     assert all(v >= 0 for v in depth.values())
     assert value(after, "rustserve_requests_in_flight_requests") >= 0
+
+
+def test_batch_metrics_count_real_rows_per_model(server: ServerProcess, rest: Rest) -> None:
+    """Five instances on a fixed batch-4 model run as two batches (4 real rows, then 1 real row + 3 padded)."""
+    labels = {"servable": "batching", "version": "1", "model": "add_fixed.onnx", "subgraph": "0"}
+    before = scrape(server)
+    instances = [{"x1": [float(i)] * 3, "x2": [1.0] * 3} for i in range(5)]
+    rest.predict("batching", "add_fixed", instances)
+    after = scrape(server)
+    batches = value(after, "rustserve_batch_size_instances_count", **labels) - value(
+        before, "rustserve_batch_size_instances_count", **labels
+    )
+    rows = value(after, "rustserve_batch_size_instances_sum", **labels) - value(
+        before, "rustserve_batch_size_instances_sum", **labels
+    )
+    assert rows == 5, "padding rows must not count as instances"
+    assert 2 <= batches <= 5
+    assert value(after, "rustserve_batch_run_duration_seconds_count", **labels) > value(
+        before, "rustserve_batch_run_duration_seconds_count", **labels
+    )

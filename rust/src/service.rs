@@ -349,6 +349,16 @@ impl Service {
         }
     }
 
+    /// Connects every model batch queue of `servable` to its batch metrics (size, queue wait, run time). Call before
+    /// the version enters the registry.
+    pub fn observe_batches(&self, servable: &crate::servable::ServableVersion) {
+        for (key, &model) in &servable.models.by_key {
+            for (subgraph, queue) in servable.models.queues.get(model).into_iter().flatten().enumerate() {
+                queue.set_observer(self.metrics.model(&servable.name, servable.version, key, subgraph));
+            }
+        }
+    }
+
     /// Loads (or reloads) every version of servable `name` from the repository and swaps them in at once: requests
     /// already running finish on the versions they started with, other servables are not touched. Errors are
     /// `InvalidInput` for a name the repository does not hold (the text says so) and `Config` for a failed load.
@@ -361,6 +371,9 @@ impl Service {
         let _one_at_a_time = self.repository_lock.lock().await;
         let versions = repository.load(name.to_owned()).await?;
         let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+        for version in &versions {
+            self.observe_batches(version);
+        }
         let old = self.registry.replace(name, versions);
         retire(old);
         tracing::info!("servable '{name}' loaded from the repository, versions {numbers:?}");

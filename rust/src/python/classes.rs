@@ -112,6 +112,7 @@ impl PyServer {
                 servable.version,
                 servable.method_names().join(", ")
             );
+            self.service.observe_batches(&servable);
             self.service.registry.insert(servable);
         }
         Ok(())
