@@ -542,8 +542,25 @@ class ServerProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            stacks = self.thread_stacks()
             self.kill()
-            pytest.fail(f"server did not exit within {timeout:.0f} s after {sig.name}\n{self.describe()}")
+            pytest.fail(f"server did not exit within {timeout:.0f} s after {sig.name}\n{self.describe()}\n{stacks}")
+
+    def thread_stacks(self) -> str:
+        """Every thread's Python and native stack (py-spy), to show where a server that does not stop waits."""
+        spy = Path(sys.executable).parent / "py-spy"
+        if not spy.exists():
+            return "(py-spy is not installed: no thread stacks)"
+        try:
+            dump = subprocess.run(
+                [str(spy), "dump", "--native", "--pid", str(self.proc.pid)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            return "(py-spy dump timed out)"
+        return f"--- thread stacks (py-spy dump --native) ---\n{dump.stdout}{dump.stderr}"
 
     def kill(self) -> None:
         """SIGKILLs the server's process group (it was started in its own session) and reaps it."""

@@ -408,3 +408,24 @@ def test_start_num_parallel_workers(
     assert done.returncode == 0 and json.loads(done.stdout) == {"y": [[2, 3], [4, 5]]}, done.stderr
     done = run_cli("start", "--dir", str(folder.parent), "--num-parallel-workers", "65", "--grpc", "127.0.0.1:1")
     assert done.returncode == 1 and "--num-parallel-workers must be in [0, 64], got 65" in done.stderr
+
+
+def test_start_io_threads(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """--io-threads sets the server's network threads (the log says how many) and the server answers through them;
+    a value outside [0, 64] is refused before anything loads."""
+    folder = make_servable("add", ADD_CONFIG, versions=(1,))
+    models.build_add(folder / "1" / "add.onnx")
+    script = tmp_path / "io.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --io-threads 3\n')
+    script.chmod(0o755)
+    server = start_server(folder.parent, command=[str(script)])
+    assert "3 I/O thread(s)" in server.stderr_text()
+    threads = [p.read_text().strip() for p in Path(f"/proc/{server.proc.pid}/task").glob("*/comm")]
+    assert threads.count("rustserve-io") >= 3, threads  # tokio's blocking-pool threads share the name
+    done = run_cli("infer", "--address", server.grpc_address, "--servable", "add", "--method", "add_cast",
+                   "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout) == {"y": [[2, 3], [4, 5]]}, done.stderr
+    done = run_cli("start", "--dir", str(folder.parent), "--io-threads", "-1", "--grpc", "127.0.0.1:1")
+    assert done.returncode == 1 and "--io-threads must be in [0, 64], got -1" in done.stderr

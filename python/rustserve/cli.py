@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         "server's Python thread (default 0: the Python thread only)",
     )
     start.add_argument(
+        "--io-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="threads for network I/O and codecs, 0-64 (default 0: $RUSTSERVE_IO_THREADS, else half the cores, 1-4)",
+    )
+    start.add_argument(
         "--strict",
         action="store_true",
         help="exit when any servable fails to load (default: serve the others, report it as not ready, and exit only "
@@ -244,6 +251,9 @@ def _start(args: argparse.Namespace) -> int:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
         if not 0 <= args.num_parallel_workers <= 64:
             raise RuntimeError(f"--num-parallel-workers must be in [0, 64], got {args.num_parallel_workers}")
+        if not 0 <= args.io_threads <= 64:
+            raise RuntimeError(f"--io-threads must be in [0, 64], got {args.io_threads}")
+        server._set_io_threads(args.io_threads)
         ssl_config = None
         if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify_client:
             if not (args.tls_cert and args.tls_key):

@@ -299,12 +299,15 @@ class _State:
         self.keeper: threading.Thread | None = None
         self.previous_handlers: dict[int, Any] = {}
         self.main_waiting = False
+        self.io_threads = 0  # 0: the native default (RUSTSERVE_IO_THREADS, else half the cores)
+        self.stop_signal: int | None = None  # a SIGINT/SIGTERM that `_wait_for_stop` has yet to act on
         self.foreground = False  # the main thread only serves (the CLI): a signal just stops, it never raises
         self.atexit_registered = False
 
 
 _state = _State()
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNAL_POLL_S = 0.1
 
 
 def _get_server() -> Any:
@@ -312,8 +315,16 @@ def _get_server() -> Any:
         if _state.server is None:
             native = _native()
             native.init_logging("warn")  # a no-op when the CLI already chose a level
-            _state.server = native.Server()
+            _state.server = native.Server(_state.io_threads)
         return _state.server
+
+
+def _set_io_threads(count: int) -> None:
+    """I/O threads of the native server, which must not exist yet (the CLI's --io-threads)."""
+    with _state.lock:
+        if _state.server is not None:
+            raise RuntimeError("the I/O thread count must be set before the server starts")
+        _state.io_threads = count
 
 
 def _get_loader() -> ServableLoader:
@@ -328,10 +339,15 @@ def _in_main_thread() -> bool:
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _state.main_waiting:
+        # The main thread is inside `_wait_for_stop`, perhaps holding the stop Event's internal (non-reentrant) lock
+        # that stop() needs: that loop does the stopping when it sees the signal, outside of this handler.
+        _state.stop_signal = signum
+        return
     previous = _state.previous_handlers.get(signum)
-    _logger.warning("Serving server begin to exit: receive exit signal %s", signal.Signals(signum).name)
+    _log_exit_signal(signum)
     stop()
-    if _state.main_waiting or _state.foreground or not threading.main_thread().is_alive():
+    if _state.foreground or not threading.main_thread().is_alive():
         return  # `rustserve start`, or a script that returned: stopping is all there is to do
     # The main thread still runs user code: give the signal its usual effect there too.
     if callable(previous):
@@ -340,6 +356,10 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
+
+
+def _log_exit_signal(signum: int) -> None:
+    _logger.warning("Serving server begin to exit: receive exit signal %s", signal.Signals(signum).name)
 
 
 def _install_signal_handlers() -> None:
@@ -381,11 +401,16 @@ def _wait_for_stop() -> None:
     """Blocks the calling (main) thread until `stop()` runs, e.g. from the SIGINT/SIGTERM handler."""
     with _state.lock:
         stopped = _state.stopped
+        _state.stop_signal = None
         _state.main_waiting = True
         _install_signal_handlers()
     try:
-        while not stopped.wait(0.5):
-            pass
+        # A signal interrupts the wait, sets `stop_signal` and lets the wait go on: hence the short timeout.
+        while not stopped.wait(_SIGNAL_POLL_S):
+            if _state.stop_signal is not None:
+                _log_exit_signal(_state.stop_signal)
+                stop()
+                break
     finally:
         _state.main_waiting = False
 

@@ -864,6 +864,87 @@ fn observers_see_every_batch() {
     assert_eq!(seen, vec![(1, true), (3, true), (1, false)]);
 }
 
+/// A runner that records the name of the thread each run happens on, optionally sleeping first.
+fn thread_recorder(sleep: Duration) -> (Box<dyn BatchRunner>, Arc<Mutex<Vec<String>>>) {
+    let threads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&threads);
+    let runner = move |inputs: Vec<Tensor>| {
+        std::thread::sleep(sleep);
+        let name = std::thread::current().name().unwrap_or("?").to_owned();
+        seen.lock().unwrap().push(name);
+        echo(&inputs)
+    };
+    (Box::new(runner), threads)
+}
+
+fn whole() -> BatchConfig {
+    BatchConfig {
+        with_batch_dim: false,
+        ..BatchConfig::default()
+    }
+}
+
+#[test]
+fn fast_whole_models_run_on_the_calling_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let here = std::thread::current().name().unwrap_or("?").to_owned();
+    let (runner, threads) = thread_recorder(Duration::ZERO);
+    let queue = ModelQueue::new("/m/fast.onnx", fixed_sig(2), whole(), runner).unwrap();
+    // The first run has no duration estimate yet, so it goes through the batch thread; once the moving average is
+    // under the limit, the caller runs the model itself. (A run preempted on a busy machine can push the average up
+    // for a few runs, hence the loop; 200 fast runs bring any start below the limit.)
+    let mut inline_after = None;
+    for k in 0..200 {
+        let x = f32_tensor(vec![2, 2], &[k as f32, 1.0, 2.0, 3.0]);
+        assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
+        if threads.lock().unwrap().last() == Some(&here) {
+            inline_after = Some(k);
+            break;
+        }
+    }
+    assert!(inline_after.is_some_and(|k| k > 0), "{inline_after:?}");
+    assert_eq!(threads.lock().unwrap()[0], "rustserve-model-fast.onnx");
+    // bad input is still refused with the instance check's text on the inline path
+    let err = runtime.block_on(queue.infer(vec![row(&[1.0])])).unwrap_err();
+    assert!(
+        matches!(&err, ServeError::InvalidInput(t) if t.contains("size 4 not match the size 16")),
+        "{err:?}"
+    );
+    queue.shutdown();
+    let err = runtime
+        .block_on(queue.infer(vec![f32_tensor(vec![2, 2], &[0.0; 4])]))
+        .unwrap_err();
+    assert!(
+        matches!(err, ServeError::Unavailable(_)),
+        "nothing runs after shutdown: {err:?}"
+    );
+}
+
+#[test]
+fn slow_or_batched_models_always_use_their_batch_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    // a run that sleeps 2 ms can never average under the 100 µs inline limit
+    let (runner, threads) = thread_recorder(Duration::from_millis(2));
+    let queue = ModelQueue::new("/m/slow.onnx", fixed_sig(2), whole(), runner).unwrap();
+    // a model with a batch dimension keeps every instance in the queue, where instances can share runs
+    let (batched_runner, batched_threads) = thread_recorder(Duration::ZERO);
+    let dynamic = ModelQueue::new("/m/dyn.onnx", fixed_sig(-1), batched(Some(4)), batched_runner).unwrap();
+    for k in 0..3 {
+        let x = f32_tensor(vec![2, 2], &[k as f32; 4]);
+        assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
+        let r = row(&[k as f32, 0.0]);
+        assert_eq!(runtime.block_on(dynamic.infer(vec![r.clone()])).unwrap(), vec![r]);
+    }
+    assert!(threads.lock().unwrap().iter().all(|t| t == "rustserve-model-slow.onnx"));
+    assert!(
+        batched_threads
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "rustserve-model-dyn.onnx")
+    );
+}
+
 // ---- real ONNX Runtime sessions ----
 
 fn load(name: &str, cfg: &BatchConfig) -> ModelQueue {
