@@ -672,7 +672,7 @@ def median_of(rounds: list[Results]) -> Results:
         )
     for key in rounds[0].facts:
         values = [r.facts[key] for r in rounds if key in r.facts]
-        merged.facts[key] = values[0] if len(values) == 1 else " | ".join(str(v) for v in values)
+        merged.facts[key] = values[0] if len(values) == 1 else "; ".join(str(v) for v in values)  # one table cell
     return merged
 
 

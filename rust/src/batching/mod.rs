@@ -24,7 +24,7 @@ use self::policy::Decision;
 use crate::error::ServeError;
 use crate::metrics::{BatchObserver, BatchRun};
 use crate::model::{DeviceChoice, ModelSignature, OrtRunner};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// How a model is batched (MindSpore's `declare_model(with_batch_dim=..., without_batch_dim_inputs=...)`, plus
 /// rustserve's scheduling knobs).
@@ -122,6 +122,9 @@ struct Core {
     run_ns: AtomicU64,
     /// `shutdown` has begun: nothing new may run.
     stopped: AtomicBool,
+    /// No batch dimension and every input of a fixed size, so a run's cost is the same from instance to instance
+    /// (see `try_inline`).
+    uniform_runs: bool,
 }
 
 impl std::fmt::Debug for ModelQueue {
@@ -198,6 +201,10 @@ impl ModelQueue {
             observer: OnceLock::new(),
             run_ns: AtomicU64::new(u64::MAX),
             stopped: AtomicBool::new(false),
+            uniform_runs: !cfg.with_batch_dim
+                && signature.inputs.iter().all(|input| {
+                    input.shape.iter().all(|&dim| dim > 0) && !matches!(input.dtype, DType::String | DType::Bytes)
+                }),
         });
         let runners: Vec<SharedRunner> = runners.into_iter().map(|r| Arc::new(Mutex::new(r))).collect();
         let (tx, rx) = mpsc::channel();
@@ -281,12 +288,13 @@ impl ModelQueue {
     }
 
     /// Runs the instance on the calling thread when that loses nothing and saves the two thread hand-offs: the model
-    /// has no batch dimension (every run is one instance anyway), its runs average at most `INLINE_MAX_RUN`, nothing
-    /// is queued (no overtaking) and a runner is idle. Otherwise hands `inputs` back for the queue.
+    /// has no batch dimension (every run is one instance anyway) and fixed input sizes (one large instance of a
+    /// symbolic-shape model must not block an I/O thread), its runs average at most `INLINE_MAX_RUN`, nothing is
+    /// queued (no overtaking) and a runner is idle. Otherwise hands `inputs` back for the queue.
     fn try_inline(&self, inputs: Vec<Tensor>) -> Result<InstanceResult, Vec<Tensor>> {
         let core = &self.core;
         let fast = core.run_ns.load(Ordering::Relaxed) <= INLINE_MAX_RUN.as_nanos() as u64;
-        if core.plan.mode != BatchMode::Whole
+        if !core.uniform_runs
             || !fast
             || core.depth.load(Ordering::Relaxed) != 0
             || core.stopped.load(Ordering::Relaxed)

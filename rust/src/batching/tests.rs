@@ -859,6 +859,11 @@ fn observers_see_every_batch() {
     let (results, _) = gated.run_behind_blocker(vec![row(&[0.0, 0.0])], instances);
     assert!(results.iter().all(Result::is_ok));
     assert!(gated.queue.infer_blocking(vec![row(&[13.0, 0.0])]).is_err());
+    // The batch thread reports a run after answering it: wait for the last report.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.0.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let runs = recorder.0.lock().unwrap();
     let seen: Vec<(usize, bool)> = runs.iter().map(|r| (r.instances, r.ok)).collect();
     assert_eq!(seen, vec![(1, true), (3, true), (1, false)]);
@@ -929,12 +934,27 @@ fn slow_or_batched_models_always_use_their_batch_thread() {
     // a model with a batch dimension keeps every instance in the queue, where instances can share runs
     let (batched_runner, batched_threads) = thread_recorder(Duration::ZERO);
     let dynamic = ModelQueue::new("/m/dyn.onnx", fixed_sig(-1), batched(Some(4)), batched_runner).unwrap();
+    // a model with a symbolic dimension: one large instance could take far longer than the average run
+    let (symbolic_runner, symbolic_threads) = thread_recorder(Duration::ZERO);
+    let symbolic = ModelQueue::new("/m/sym.onnx", fixed_sig(-1), whole(), symbolic_runner).unwrap();
     for k in 0..3 {
         let x = f32_tensor(vec![2, 2], &[k as f32; 4]);
         assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
         let r = row(&[k as f32, 0.0]);
         assert_eq!(runtime.block_on(dynamic.infer(vec![r.clone()])).unwrap(), vec![r]);
     }
+    // 40 fast runs bring the moving average far under the inline limit; the symbolic model still never inlines.
+    for k in 0..40 {
+        let x = f32_tensor(vec![3, 2], &[k as f32; 6]);
+        assert_eq!(runtime.block_on(symbolic.infer(vec![x.clone()])).unwrap(), vec![x]);
+    }
+    assert!(
+        symbolic_threads
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "rustserve-model-sym.onnx")
+    );
     assert!(threads.lock().unwrap().iter().all(|t| t == "rustserve-model-slow.onnx"));
     assert!(
         batched_threads
