@@ -52,10 +52,11 @@ format:
 proto: venv
 	bash scripts/gen_proto.sh
 
-# Criterion benches (codecs, batcher), then benches/compare.py: rustserve vs in-process ONNX Runtime vs FastAPI/grpcio
+# Criterion benches (codecs, batcher, Python edge), then benches/compare.py: rustserve vs in-process ONNX Runtime vs FastAPI/grpcio
 # on loopback (release wheel, needs Debian's wrk). BENCH_ARGS=--quick for a short smoke run; see benches/README.md.
 bench: venv
-	CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) cargo bench --bench codecs --bench batcher
+	LD_LIBRARY_PATH=$(PY_LIBDIR) PYTHONPATH=$(PY_SITE) CARGO_TARGET_DIR=$(CARGO_TEST_TARGET) \
+		cargo bench --bench codecs --bench batcher --bench python_edge
 	$(PY) benches/micro.py
 	$(PY) benches/compare.py $(BENCH_ARGS)
 

@@ -5,9 +5,11 @@ Pure Python: the native extension is never imported (Model.call uses a fake `rus
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -272,6 +274,38 @@ def test_declare_model_errors(reg: register._Registry, kwargs: dict[str, Any], t
     with _raises(text):
         register.declare_model(**arguments)
     assert reg.models == []
+
+
+def test_config_file_sets_intra_op_threads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`config_file` (relative to the servable's directory) sets ONNX Runtime's intra-op threads; `Context` wins;
+    MindSpore Lite sections are ignored with a warning; bad files, keys and values name the file and key."""
+    (tmp_path / "ort.ini").write_text("[onnxruntime]\nintra_op_num_threads = 3\n[execution_plan]\nop1=float16\n")
+    (tmp_path / "empty.ini").write_text("[execution_plan]\nop1=float16\n")
+    (tmp_path / "typo.ini").write_text("[onnxruntime]\nintra_op_threads = 3\n")
+    (tmp_path / "zero.ini").write_text("[onnxruntime]\nintra_op_num_threads = 0\n")
+    (tmp_path / "broken.ini").write_text("intra_op_num_threads = 3\n")
+    registry = register._Registry("svc", str(tmp_path))
+    with register._recording(registry):
+        _model("a.onnx", config_file="ort.ini")
+        _model("b.onnx", config_file="ort.ini", context=register.Context(thread_num=1))
+        _model("c.onnx", config_file=str(tmp_path / "empty.ini"))
+        path = os.path.join(str(tmp_path), "typo.ini")
+        with _raises(
+            f"Declare model d.onnx failed, config file '{path}': unknown key(s) ['intra_op_threads'] in "
+            "[onnxruntime], known: ['intra_op_num_threads']"
+        ):
+            _model("d.onnx", config_file="typo.ini")
+        path = os.path.join(str(tmp_path), "zero.ini")
+        with _raises(
+            f"Declare model d.onnx failed, config file '{path}': intra_op_num_threads must be an integer >= 1, got '0'"
+        ):
+            _model("d.onnx", config_file="zero.ini")
+        with pytest.raises(RuntimeError, match="^Declare model d.onnx failed, cannot read config file .*broken.ini"):
+            _model("d.onnx", config_file="broken.ini")
+        with pytest.raises(RuntimeError, match="^Declare model d.onnx failed, cannot read config file .*missing.ini"):
+            _model("d.onnx", config_file="missing.ini")
+    assert [m.intra_op_threads for m in registry.models] == [3, 1, None]
+    assert "sections ['execution_plan'] are not used by ONNX Runtime" in caplog.text
 
 
 def test_declare_model_twice(reg: register._Registry) -> None:

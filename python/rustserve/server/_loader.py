@@ -172,7 +172,7 @@ class ServableLoader:
 
         if directory not in sys.path:
             sys.path.append(directory)
-        registry = register._Registry(name)
+        registry = register._Registry(name, os.path.join(directory, name))
         module_name = f"{name}.servable_config"
         try:
             _prepare_package(name, os.path.join(directory, name))

@@ -21,11 +21,13 @@ Example (servable_config.py)::
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import importlib
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -173,10 +175,12 @@ class _Registry:
 
     Args:
         servable_name: The servable's name: the directory that holds servable_config.py.
+        config_dir: That directory (relative `config_file` paths start there); "" when unknown.
     """
 
-    def __init__(self, servable_name: str) -> None:
+    def __init__(self, servable_name: str, config_dir: str = "") -> None:
         self.servable_name = servable_name
+        self.config_dir = config_dir
         self.models: list[_DeclaredModel] = []
         self.methods: list[MethodSpec] = []
         self.functions: dict[str, _StageFunctionInfo] = {}
@@ -555,7 +559,9 @@ def declare_model(
         without_batch_dim_inputs: Index or indices of inputs that have no batch dimension; they are taken once
             per batch, from its first instance.
         context: Runtime options; `thread_num` sets ONNX Runtime's intra-op threads.
-        config_file: Accepted for compatibility (MindSpore's mixed-precision config); ignored.
+        config_file: An INI file, relative to the directory of servable_config.py or absolute. Its
+            `[onnxruntime]` section may set `intra_op_num_threads` (`context`'s `thread_num` wins when both are
+            given); other sections (MindSpore Lite's mixed-precision settings) are ignored with a warning.
         max_batch_size: rustserve extension: rows per batch when the model's dim 0 is symbolic; None leaves
             the default.
         max_queue_delay_ms: rustserve extension: how long (milliseconds, >= 0) an instance may wait for others
@@ -600,7 +606,9 @@ def declare_model(
 
     if config_file is not None:
         _check_str("config_file", config_file)
-        _logger.warning("declare_model: 'config_file' is not used by ONNX Runtime and is ignored: %s", config_file)
+        configured = _config_file_threads(os.path.join(registry.config_dir, config_file), model_key)
+        if intra_op_threads is None:
+            intra_op_threads = configured
     if max_batch_size is not None:
         _check_int("max_batch_size", max_batch_size, 1)
     if max_queue_delay_ms is not None:
@@ -631,6 +639,43 @@ def declare_model(
         )
     )
     return model
+
+
+_ORT_SECTION = "onnxruntime"
+_ORT_KEYS = ("intra_op_num_threads",)
+
+
+def _config_file_threads(path: str, model_key: str) -> int | None:
+    """The intra-op thread count a `declare_model` config file sets, if any; its errors name the file and key."""
+    parser = configparser.ConfigParser()
+    try:
+        with open(path, encoding="utf-8") as file:
+            parser.read_file(file)
+    except (OSError, configparser.Error) as exc:
+        raise RuntimeError(f"Declare model {model_key} failed, cannot read config file '{path}': {exc}") from exc
+    ignored = [section for section in parser.sections() if section != _ORT_SECTION]
+    if ignored:
+        _logger.warning(
+            "declare_model: config file '%s': sections %s are not used by ONNX Runtime and are ignored", path, ignored
+        )
+    if not parser.has_section(_ORT_SECTION):
+        return None
+    section = parser[_ORT_SECTION]
+    unknown = [key for key in section if key not in _ORT_KEYS]
+    if unknown:
+        raise RuntimeError(
+            f"Declare model {model_key} failed, config file '{path}': unknown key(s) {unknown} in "
+            f"[{_ORT_SECTION}], known: {list(_ORT_KEYS)}"
+        )
+    if "intra_op_num_threads" not in section:
+        return None
+    text = section["intra_op_num_threads"]
+    if not text.strip().isdigit() or int(text) < 1:
+        raise RuntimeError(
+            f"Declare model {model_key} failed, config file '{path}': intra_op_num_threads must be an integer >= 1, "
+            f"got '{text}'"
+        )
+    return int(text)
 
 
 def declare_servable(
