@@ -1048,7 +1048,7 @@ def _rows() -> list[Row]:
         lambda w: w.v2_rest(
             "bad.sleep", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": hang.tolist()}]}
         ),
-        "http:503",
+        "http:504",
         TIMEOUT_TEXT,
     )
     add(
@@ -1059,7 +1059,7 @@ def _rows() -> list[Row]:
                 model_name="bad.sleep", inputs=[w.v2_input("x", "FP32", [1, 2])], raw_input_contents=[hang.tobytes()]
             )
         ),
-        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
         TIMEOUT_TEXT,
     )
 

@@ -12,6 +12,7 @@ MindSpore Serving.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ def _tree(root: Path, make_servable: Callable[..., Path]) -> Path:
     garbage = make_servable("garbage", ADD_CONFIG, root=root)
     (garbage / "1" / "add.onnx").write_bytes(b"this is not an ONNX model")
     return root
+
+
+def _grpc_health(server: ServerProcess) -> int:
+    """grpc.health.v1 Check of the whole server (service ""): 1 SERVING, 2 NOT_SERVING."""
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        reply = check(b"", timeout=RPC_TIMEOUT_S)  # HealthCheckRequest{}; the reply is HealthCheckResponse{status}
+    assert reply[:1] == b"\x08", reply
+    return reply[1]
 
 
 def _get(server: ServerProcess, path: str) -> requests.Response:
@@ -80,6 +94,7 @@ def test_good_servables_serve_next_to_failed_ones(
     assert ready.status_code == 503, ready.text
     assert "'absent', 'broken', 'garbage' failed to load" in ready.json()["error"]
     assert _get(server, "/v2/health/live").status_code == 200
+    assert _grpc_health(server) == 2  # NOT_SERVING, like v2 ServerReady
     assert _get(server, "/v2/models/add.add_common/ready").status_code == 200
     model_ready = _get(server, "/v2/models/broken/ready")
     assert model_ready.status_code == 503, model_ready.text
@@ -116,6 +131,7 @@ def test_a_fixed_servable_becomes_ready_after_a_repository_load(
     broken = make_servable("broken", BROKEN_IMPORT, versions=(), root=root)
     server = start_server(root)
     assert _get(server, "/v2/health/ready").status_code == 503
+    assert _grpc_health(server) == 2
 
     (broken / "servable_config.py").write_text(ADD_CONFIG)
     (broken / "1").mkdir()
@@ -124,6 +140,11 @@ def test_a_fixed_servable_becomes_ready_after_a_repository_load(
     assert load.status_code == 200, load.text
     assert _get(server, "/v2/health/ready").json() == {"ready": True}
     assert _get(server, "/v2/models/broken.add_common/ready").status_code == 200
+    # The gRPC health service re-checks once a second.
+    deadline = time.monotonic() + 10
+    while _grpc_health(server) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _grpc_health(server) == 1
 
 
 def test_strict_start_fails_on_any_servable(tmp_path: Path, make_servable: Callable[..., Path]) -> None:

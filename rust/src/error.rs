@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The executor for the request is gone, e.g. during shutdown (code 4).
     #[error("{0}")]
     Unavailable(String),
+    /// The request ran past the request timeout (code 4, as MindSpore has no code of its own for it).
+    #[error("{0}")]
+    Timeout(String),
     /// Too many requests queued (code 1).
     #[error("{0}")]
     Overloaded(String),
@@ -44,7 +47,7 @@ impl ServeError {
             ServeError::InvalidInput(_) => code::INVALID_INPUTS,
             ServeError::Stage(_) | ServeError::Internal(_) => code::SYSTEM_ERROR,
             ServeError::Model(_) | ServeError::Overloaded(_) | ServeError::Config(_) => code::FAILED,
-            ServeError::Unavailable(_) => code::WORKER_UNAVAILABLE,
+            ServeError::Unavailable(_) | ServeError::Timeout(_) => code::WORKER_UNAVAILABLE,
         }
     }
 
@@ -55,6 +58,7 @@ impl ServeError {
             | ServeError::Stage(m)
             | ServeError::Model(m)
             | ServeError::Unavailable(m)
+            | ServeError::Timeout(m)
             | ServeError::Overloaded(m)
             | ServeError::Config(m)
             | ServeError::Internal(m) => m,

@@ -19,6 +19,9 @@ use tonic_health::ServingStatus;
 /// Environment variable that sets the number of tokio I/O threads.
 pub const IO_THREADS_ENV: &str = "RUSTSERVE_IO_THREADS";
 
+/// How often the gRPC health service re-checks whether every servable is loaded.
+const HEALTH_RECHECK: Duration = Duration::from_secs(1);
+
 /// How long `stop` waits for requests in flight before dropping them, unless `set_drain_timeout` changed it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -177,24 +180,46 @@ impl ServerRuntime {
             })?),
             None => None,
         };
-        // grpc.health.v1: "" and both services are SERVING until `stop` begins, then NOT_SERVING while draining.
+        // grpc.health.v1 follows v2 ServerReady: "" and both services are SERVING unless a servable failed to load
+        // (a repository load can fix that at run time, hence the re-check) and NOT_SERVING once `stop` begins.
         let (reporter, health) = tonic_health::server::health_reporter();
         let names = [
             "",
             <MsServiceServer<MsGrpc> as NamedService>::NAME,
             <GrpcInferenceServiceServer<KserveGrpc> as NamedService>::NAME,
         ];
-        self.handle.block_on(async {
+        let ready = {
+            let service = service.clone();
+            move || service.is_ready() && service.registry.failure_summary().is_none()
+        };
+        let set_all = move |reporter: tonic_health::server::HealthReporter, status: ServingStatus| async move {
             for name in names {
-                reporter.set_service_status(name, ServingStatus::Serving).await;
+                reporter.set_service_status(name, status).await;
             }
-        });
-        let stopping = self.stop_signal();
+        };
+        let serving = |ready: bool| {
+            if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let mut last = ready();
+        self.handle.block_on(set_all(reporter.clone(), serving(last)));
+        let mut stopping = Box::pin(self.stop_signal());
         self.handle.spawn(async move {
-            stopping.await;
-            for name in names {
-                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            loop {
+                tokio::select! {
+                    () = &mut stopping => break,
+                    () = tokio::time::sleep(HEALTH_RECHECK) => {}
+                }
+                let now = ready();
+                if now != last {
+                    set_all(reporter.clone(), serving(now)).await;
+                    last = now;
+                }
             }
+            set_all(reporter, ServingStatus::NotServing).await;
         });
         let router = tonic::transport::Server::builder()
             .add_service(health)

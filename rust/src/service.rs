@@ -237,7 +237,7 @@ impl Service {
                 // still queued for this request is skipped rather than run for nobody.
                 let Ok(results) = tokio::time::timeout(timeout, run_method(&plan, self.python.as_ref(), ordered)).await
                 else {
-                    return PredictReply::Failed(ServeError::Unavailable(format!(
+                    return PredictReply::Failed(ServeError::Timeout(format!(
                         "Serving Error: request timed out after {:.3} s (request timeout), servable: {}, method: {}",
                         timeout.as_secs_f64(),
                         target.servable,

@@ -39,6 +39,8 @@ pub enum Status {
     Unavailable,
     /// HTTP 500, gRPC INTERNAL.
     Internal,
+    /// HTTP 504, gRPC DEADLINE_EXCEEDED.
+    Timeout,
 }
 
 /// A v2 error: status plus the client-facing text.
@@ -66,12 +68,13 @@ impl V2Error {
 }
 
 impl From<ServeError> for V2Error {
-    /// Bad input and failing Python stages are the client's request (400); overload and shutdown are 503; model
-    /// runtime failures and bugs are 500.
+    /// Bad input and failing Python stages are the client's request (400); overload and shutdown are 503; the
+    /// request timeout is 504; model runtime failures and bugs are 500.
     fn from(err: ServeError) -> V2Error {
         let status = match &err {
             ServeError::InvalidInput(_) | ServeError::Stage(_) => Status::BadRequest,
             ServeError::Unavailable(_) | ServeError::Overloaded(_) => Status::Unavailable,
+            ServeError::Timeout(_) => Status::Timeout,
             ServeError::Model(_) | ServeError::Config(_) | ServeError::Internal(_) => Status::Internal,
         };
         V2Error::new(status, err.message())

@@ -23,6 +23,7 @@ fn status(err: V2Error) -> Status {
         V2Status::TooLarge => tonic::Code::ResourceExhausted,
         V2Status::Unavailable => tonic::Code::Unavailable,
         V2Status::Internal => tonic::Code::Internal,
+        V2Status::Timeout => tonic::Code::DeadlineExceeded,
     };
     Status::new(code, err.message)
 }

@@ -34,6 +34,7 @@ fn status_code(status: Status) -> StatusCode {
         Status::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Status::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Status::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 

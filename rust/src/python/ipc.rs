@@ -209,6 +209,7 @@ impl Encoder<'_> {
             ServeError::Overloaded(_) => 4,
             ServeError::Config(_) => 5,
             ServeError::Internal(_) => 6,
+            ServeError::Timeout(_) => 7,
         };
         self.u8(tag);
         self.str(e.message())
@@ -418,6 +419,7 @@ impl Decoder<'_> {
             4 => ServeError::Overloaded(text),
             5 => ServeError::Config(text),
             6 => ServeError::Internal(text),
+            7 => ServeError::Timeout(text),
             other => return Err(format!("unknown error kind {other}")),
         })
     }
