@@ -151,3 +151,26 @@ def test_full_python_queue_fails_fast_and_the_server_recovers(tmp_path: Path, pb
         client.channel.close()
     finally:
         assert server.stop() == 0, server.describe()
+
+
+def test_requests_past_the_enqueued_limit_fail_fast(tmp_path: Path, pb2_modules: tuple[Any, Any]) -> None:
+    """`--max-enqueued-requests 1` (MindSpore's set_max_enqueued_requests): while one request is in flight, the next
+    fails at once with MindSpore's text and code 1, and never reaches Python; then the server serves on."""
+    server, marks = start(tmp_path, ["--max-enqueued-requests", "1"], sleep=2.0)
+    try:
+        client = Grpc(*pb2_modules, server.grpc_address)
+        first: list[Any] = []
+        holder = threading.Thread(target=lambda: first.append(reply_of(client, "slow-1")))
+        holder.start()
+        wait_for(marks / "slow-1")
+        refused = reply_of(client, "over")
+        assert refused.error_msg[0].error_msg == b"Serving Error: enqueued requests count exceeds the limit 1", refused
+        assert refused.error_msg[0].error_code == 1
+        holder.join(timeout=30)
+        assert first and not first[0].error_msg, first
+        assert not (marks / "over").exists()
+        ok = reply_of(client, "fast")
+        assert not ok.error_msg, ok
+        client.channel.close()
+    finally:
+        assert server.stop() == 0, server.describe()

@@ -525,6 +525,9 @@ class FakeServer:
     def set_drain_timeout(self, seconds: float) -> None:
         self.drain_timeout = seconds
 
+    def set_max_enqueued_requests(self, limit: int) -> None:
+        self.max_enqueued_requests = limit
+
     def set_max_queued_instances(self, limit: int) -> None:
         self.max_queued_instances = limit
 
@@ -578,6 +581,20 @@ def test_start_and_stop(add_dir: Path, fake_native: list[str], capsys: pytest.Ca
     assert native.stopped
     keeper.join(5)
     assert not keeper.is_alive()
+
+
+def test_max_enqueued_requests_from_master_context(fake_native: list[str]) -> None:
+    """MindSpore's `server.master.context.set_max_enqueued_requests` reaches the native server; bad values raise."""
+    from rustserve.server import master
+
+    master.context.set_max_enqueued_requests(7)
+    (native,) = FakeServer.instances
+    assert native.max_enqueued_requests == 7
+    server.set_max_enqueued_requests(9)
+    assert native.max_enqueued_requests == 9
+    with _raises("Parameter 'max_enqueued_requests' should be >= 1"):
+        master.context.set_max_enqueued_requests(0)
+    server.stop()
 
 
 def test_no_model_servable_skips_onnxruntime(tmp_path: Path, fake_native: list[str]) -> None:
@@ -756,6 +773,8 @@ class Server:
     def set_request_timeout(self, seconds):
         pass
     def set_drain_timeout(self, seconds):
+        pass
+    def set_max_enqueued_requests(self, limit):
         pass
     def set_max_queued_instances(self, limit):
         pass

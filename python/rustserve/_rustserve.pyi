@@ -62,6 +62,8 @@ class Server:
         """Sets the per-request timeout in seconds (> 0): a request still running then fails."""
     def set_max_queued_instances(self, limit: int) -> None:
         """Bounds the instances queued per model (subgraph): requests needing a full model queue fail at once."""
+    def set_max_enqueued_requests(self, limit: int) -> None:
+        """Bounds the requests in flight (MindSpore's `set_max_enqueued_requests`): further requests fail at once."""
     def set_max_queued_python_calls(self, limit: int) -> None:
         """Bounds the Python stage calls waiting for an executor: further calls fail at once."""
     def set_drain_timeout(self, seconds: float) -> None:

@@ -115,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a request still running after S seconds fails and its queued work is dropped (default 300)",
     )
     start.add_argument(
+        "--max-enqueued-requests",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="requests in flight; further ones fail at once (default 10000, MindSpore's set_max_enqueued_requests)",
+    )
+    start.add_argument(
         "--max-queued-instances",
         type=int,
         default=10000,
@@ -263,6 +270,7 @@ def _start(args: argparse.Namespace) -> int:
             ssl_config = server.SSLConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_client)
         server.set_request_timeout(args.request_timeout_s)
         server.set_drain_timeout(args.drain_timeout_s)
+        server.set_max_enqueued_requests(args.max_enqueued_requests)
         server.set_max_queued_instances(args.max_queued_instances)
         server.set_max_queued_python_calls(args.max_queued_python_calls)
         specs = _load_servables(args, directory, names)

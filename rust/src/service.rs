@@ -46,7 +46,8 @@ pub struct Service {
     pub registry: Registry,
     pub python: Arc<dyn PythonStages>,
     pub metrics: Arc<Metrics>,
-    max_enqueued: usize,
+    /// Requests in flight beyond this fail at once (MindSpore's `set_max_enqueued_requests`).
+    max_enqueued: AtomicUsize,
     in_flight: AtomicUsize,
     /// Per model queue: requests needing a model with this many instances queued fail fast (`set_max_queued_instances`).
     max_queued_instances: AtomicUsize,
@@ -101,7 +102,7 @@ impl Service {
             registry: Registry::default(),
             python,
             metrics,
-            max_enqueued,
+            max_enqueued: AtomicUsize::new(max_enqueued),
             in_flight: AtomicUsize::new(0),
             max_queued_instances: AtomicUsize::new(DEFAULT_MAX_QUEUED_INSTANCES),
             request_timeout_ms: AtomicU64::new(DEFAULT_REQUEST_TIMEOUT.as_millis() as u64),
@@ -109,6 +110,11 @@ impl Service {
             repository: RwLock::default(),
             repository_lock: tokio::sync::Mutex::const_new(()),
         }
+    }
+
+    /// Sets how many requests may be in flight (>= 1); further requests fail at once.
+    pub fn set_max_enqueued_requests(&self, limit: usize) {
+        self.max_enqueued.store(limit.max(1), Ordering::Relaxed);
     }
 
     /// Sets how long one request may run (queueing included) before it fails; its queued work is then dropped.
@@ -170,12 +176,12 @@ impl Service {
         let started = Instant::now();
         let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _guard = InFlight(&self.in_flight);
-        if previous >= self.max_enqueued {
+        let max_enqueued = self.max_enqueued.load(Ordering::Relaxed);
+        if previous >= max_enqueued {
             self.metrics.reject(protocol);
             return (
                 PredictReply::Failed(ServeError::Overloaded(format!(
-                    "Serving Error: enqueued requests count exceeds the limit {}",
-                    self.max_enqueued
+                    "Serving Error: enqueued requests count exceeds the limit {max_enqueued}"
                 ))),
                 None,
             );

@@ -38,6 +38,7 @@ __all__ = [
     "ServableStartConfig",
     "register",
     "set_drain_timeout",
+    "set_max_enqueued_requests",
     "set_max_queued_instances",
     "set_max_queued_python_calls",
     "set_request_timeout",
@@ -737,6 +738,25 @@ def set_max_queued_python_calls(limit: int) -> None:
     """
     _check_int("limit", limit, 1)
     _get_server().set_max_queued_python_calls(limit)
+
+
+def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
+    """Bounds the requests in flight (default 10000), as MindSpore's `master.context.set_max_enqueued_requests`.
+
+    Further requests fail at once with `Serving Error: enqueued requests count exceeds the limit <n>` (MindSpore
+    protocols: error_code 1; v2: UNAVAILABLE / 503).
+
+    Args:
+        max_enqueued_requests: Requests in flight, >= 1.
+
+    Raises:
+        RuntimeError: `max_enqueued_requests` is not an int >= 1.
+
+    Example:
+        >>> server.set_max_enqueued_requests(100)
+    """
+    _check_int("max_enqueued_requests", max_enqueued_requests, 1)
+    _get_server().set_max_enqueued_requests(max_enqueued_requests)
 
 
 def stop() -> None:

@@ -167,6 +167,17 @@ impl PyServer {
         Ok(())
     }
 
+    /// Bounds the requests in flight (MindSpore's `set_max_enqueued_requests`): further requests fail at once.
+    fn set_max_enqueued_requests(&self, limit: usize) -> PyResult<()> {
+        if limit == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "max enqueued requests must be >= 1",
+            ));
+        }
+        self.service.set_max_enqueued_requests(limit);
+        Ok(())
+    }
+
     /// Bounds the Python stage calls waiting for an executor: further calls fail at once.
     fn set_max_queued_python_calls(&self, limit: usize) -> PyResult<()> {
         if limit == 0 {
