@@ -388,17 +388,24 @@ def test_start_log_level(make_servable: Callable[..., Path], start_server: Calla
     assert "  add v1: add_common(x1, x2) -> y; add_cast(x1, x2) -> y" in report  # the start-up report stays
 
 
+def _serve_add_with(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], tmp_path: Path, *flags: str
+) -> tuple[Path, ServerProcess]:
+    """The add servable served by `rustserve start ... <flags>`; returns its folder and the ready server."""
+    folder = make_servable("add", ADD_CONFIG, versions=(1,))
+    models.build_add(folder / "1" / "add.onnx")
+    script = tmp_path / "serve.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" {" ".join(flags)}\n')
+    script.chmod(0o755)
+    return folder, start_server(folder.parent, command=[str(script)])
+
+
 def test_start_num_parallel_workers(
     make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     """--num-parallel-workers 3 gives a servable with Python stages two worker processes (which answer like the
     server's own Python thread); a value outside [0, 64] is refused before anything loads."""
-    folder = make_servable("add", ADD_CONFIG, versions=(1,))
-    models.build_add(folder / "1" / "add.onnx")
-    script = tmp_path / "workers.sh"
-    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --num-parallel-workers 3\n')
-    script.chmod(0o755)
-    server = start_server(folder.parent, command=[str(script)])
+    folder, server = _serve_add_with(make_servable, start_server, tmp_path, "--num-parallel-workers", "3")
     workers = subprocess.run(
         ["pgrep", "-P", str(server.proc.pid), "-f", "rustserve.worker"], capture_output=True, text=True, check=False
     )
@@ -415,12 +422,7 @@ def test_start_io_threads(
 ) -> None:
     """--io-threads sets the server's network threads (the log says how many) and the server answers through them;
     a value outside [0, 64] is refused before anything loads."""
-    folder = make_servable("add", ADD_CONFIG, versions=(1,))
-    models.build_add(folder / "1" / "add.onnx")
-    script = tmp_path / "io.sh"
-    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --io-threads 3\n')
-    script.chmod(0o755)
-    server = start_server(folder.parent, command=[str(script)])
+    folder, server = _serve_add_with(make_servable, start_server, tmp_path, "--io-threads", "3")
     assert "3 I/O thread(s)" in server.stderr_text()
     threads = [p.read_text().strip() for p in Path(f"/proc/{server.proc.pid}/task").glob("*/comm")]
     assert threads.count("rustserve-io") >= 3, threads  # tokio's blocking-pool threads share the name
