@@ -4,6 +4,7 @@ directory at run time, over REST and gRPC with tritonclient, without dropping re
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -232,3 +233,84 @@ def test_unload_and_reload_do_not_drop_requests(http: Any, served: ServerProcess
         worker.join(RPC_TIMEOUT_S)
     assert outcomes, "the background client made no request"
     assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
+
+
+PID_CONFIG = """
+import os
+
+import numpy as np
+
+from rustserve.server import register
+
+
+def pid(x):
+    return np.array([os.getpid()], np.int64)
+
+
+@register.register_method(output_names=["pid"])
+def whoami(x):
+    return register.add_stage(pid, x, outputs_count=1)
+"""
+
+
+def worker_pids(server: ServerProcess) -> set[int]:
+    """Pids of the server's Python worker processes."""
+    import subprocess
+
+    found = subprocess.run(
+        ["pgrep", "-P", str(server.proc.pid), "-f", "rustserve.worker"], capture_output=True, text=True, check=False
+    )
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_repository_loads_get_worker_processes(
+    root: Path, start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """With --num-parallel-workers 3, a servable loaded through the repository gets its two worker processes, which
+    answer its Python stages; a reload replaces them and an unload stops them."""
+    script = tmp_path / "serve.sh"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --num-parallel-workers 3\n')
+    script.chmod(0o755)
+    server = start_server(root, command=[str(script)])
+    assert worker_pids(server) == set()  # `a` has no Python stage: no workers
+    folder = root / "who"
+    folder.mkdir()
+    (folder / "servable_config.py").write_text(PID_CONFIG.lstrip())
+    load = requests.post(f"{server.rest_base}/v2/repository/models/who/load", timeout=RPC_TIMEOUT_S)
+    assert load.status_code == 200, load.text
+    first = worker_pids(server)
+    assert len(first) == 2, first
+
+    def answered_pids(calls: int) -> set[int]:
+        """Pids that answered `calls` concurrent requests (each stage call goes to an idle executor)."""
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+        seen: set[int] = set()
+
+        def call() -> None:
+            reply = requests.post(f"{server.rest_base}/v2/models/who/infer", json=body, timeout=RPC_TIMEOUT_S)
+            assert reply.status_code == 200, reply.text
+            seen.add(reply.json()["outputs"][0]["data"][0])
+
+        threads = [threading.Thread(target=call) for _ in range(calls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return seen
+
+    seen: set[int] = set()
+    wait_until(lambda: bool(seen.update(answered_pids(12)) or seen & first), "a worker process to answer")
+    load = requests.post(f"{server.rest_base}/v2/repository/models/who/load", timeout=RPC_TIMEOUT_S)
+    assert load.status_code == 200, load.text
+    wait_until(lambda: len(worker_pids(server)) == 2 and not worker_pids(server) & first, "the reload's workers")
+    unload = requests.post(f"{server.rest_base}/v2/repository/models/who/unload", timeout=RPC_TIMEOUT_S)
+    assert unload.status_code == 200, unload.text
+    wait_until(lambda: worker_pids(server) == set(), "the unload to stop the workers")

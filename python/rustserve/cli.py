@@ -275,7 +275,7 @@ def _start(args: argparse.Namespace) -> int:
         server.set_max_queued_python_calls(args.max_queued_python_calls)
         specs = _load_servables(args, directory, names)
         # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
-        server._set_repository(directory, args.device_type, args.device_ids)
+        server._set_repository(directory, args.device_type, args.device_ids, args.num_parallel_workers)
         listeners = []
         if not args.no_grpc:
             server.start_grpc_server(args.grpc, args.max_msg_mb_size, ssl_config)

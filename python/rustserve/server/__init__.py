@@ -457,12 +457,21 @@ class _Repository:
         directory: The servable directory.
         device_type: Where the models of loaded servables run.
         device_ids: CUDA devices for "gpu".
+        num_parallel_workers: Python stage executors per loaded servable version (n > 1 adds n - 1 worker
+            processes, which stop when that version is unloaded or replaced).
     """
 
-    def __init__(self, directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        directory: str,
+        device_type: DeviceType = "cpu",
+        device_ids: Sequence[int] = (),
+        num_parallel_workers: int = 0,
+    ) -> None:
         self.directory = os.path.abspath(directory)
         self.device_type: DeviceType = device_type
         self.device_ids = list(device_ids)
+        self.num_parallel_workers = num_parallel_workers
 
     def names(self) -> list[str]:
         """The servables of the directory (subdirectories with a servable_config.py).
@@ -487,7 +496,11 @@ class _Repository:
             RuntimeError: The config or a model file is missing or broken (the loader's texts).
         """
         specs = ServableLoader().load_all_versions(
-            self.directory, name, device_type=self.device_type, device_ids=self.device_ids
+            self.directory,
+            name,
+            device_type=self.device_type,
+            device_ids=self.device_ids,
+            num_parallel_workers=self.num_parallel_workers,
         )
         if any(spec["models"] for spec in specs):
             from rustserve.server import _ort
@@ -498,7 +511,9 @@ class _Repository:
         return specs
 
 
-def _set_repository(directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = ()) -> None:
+def _set_repository(
+    directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = (), num_parallel_workers: int = 0
+) -> None:
     """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
     load, reload and unload the servables of `directory` while the server runs.
 
@@ -506,8 +521,9 @@ def _set_repository(directory: str, device_type: DeviceType = "cpu", device_ids:
         directory: The servable directory.
         device_type: Where the models of loaded servables run.
         device_ids: CUDA devices for "gpu".
+        num_parallel_workers: Python stage executors per loaded servable version.
     """
-    _get_server().set_repository(_Repository(directory, device_type, device_ids))
+    _get_server().set_repository(_Repository(directory, device_type, device_ids, num_parallel_workers))
 
 
 @_stop_on_except

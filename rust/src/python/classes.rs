@@ -80,11 +80,7 @@ impl PyServer {
         if self.stopped.load(Ordering::Acquire) {
             return Err(ServableStartError::new_err("the server has been stopped"));
         }
-        let dicts = specs;
-        let specs = dicts
-            .iter()
-            .map(|d| spec::servable(d, &self.executor))
-            .collect::<PyResult<Vec<_>>>()?;
+        let (specs, plans) = specs_and_worker_plans(py, &specs, &self.executor)?;
         for s in &specs {
             if self.service.registry.contains(&s.name, s.version) {
                 return Err(ServableStartError::new_err(format!(
@@ -93,8 +89,6 @@ impl PyServer {
                 )));
             }
         }
-        let settings = dicts.iter().map(spec::worker_settings).collect::<PyResult<Vec<_>>>()?;
-        let plans = worker_plans(py, &specs, &settings)?;
         let loaded = py
             .detach(move || specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>())
             .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
@@ -208,6 +202,7 @@ impl PyServer {
         self.service.set_repository(Arc::new(PyRepository {
             loader: Arc::new(loader),
             executor: self.executor.clone(),
+            dispatcher: self.dispatcher.clone(),
         }));
     }
 
@@ -259,6 +254,21 @@ struct WorkerPlan {
     config: WorkerConfig,
     count: usize,
     functions: Vec<FunctionId>,
+}
+
+/// Converts spec dicts (registering their stage functions with `executor`) and plans their worker processes.
+fn specs_and_worker_plans(
+    py: Python<'_>,
+    dicts: &[Bound<'_, PyDict>],
+    executor: &PyExecutor,
+) -> PyResult<(Vec<ServableSpec>, Vec<WorkerPlan>)> {
+    let specs = dicts
+        .iter()
+        .map(|d| spec::servable(d, executor))
+        .collect::<PyResult<Vec<_>>>()?;
+    let settings = dicts.iter().map(spec::worker_settings).collect::<PyResult<Vec<_>>>()?;
+    let plans = worker_plans(py, &specs, &settings)?;
+    Ok((specs, plans))
 }
 
 /// Worker plans for specs with `num_parallel_workers` > 1 and at least one Python stage.
@@ -373,6 +383,16 @@ fn start_workers(dispatcher: &Dispatcher, plans: Vec<WorkerPlan>) -> Result<Vec<
 struct PyRepository {
     loader: Arc<Py<PyAny>>,
     executor: Arc<PyExecutor>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+/// A worker process of a repository-loaded servable version: stops when that version is dropped.
+struct VersionWorker(Arc<WorkerHandle>);
+
+impl Drop for VersionWorker {
+    fn drop(&mut self) {
+        self.0.join();
+    }
 }
 
 /// The text of a Python exception (without the traceback).
@@ -407,23 +427,30 @@ impl Repository for PyRepository {
     fn load(&self, name: String) -> BoxFuture<'static, Result<Vec<ServableVersion>, ServeError>> {
         let loader = self.loader.clone();
         let executor = self.executor.clone();
+        let dispatcher = self.dispatcher.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                let specs = Python::attach(|py| {
+                let (specs, plans) = Python::attach(|py| {
                     let converted = loader
                         .bind(py)
                         .call_method1("load", (name.as_str(),))
                         .and_then(|list| list.extract::<Vec<Bound<'_, PyDict>>>())
-                        .and_then(|dicts| {
-                            dicts
-                                .iter()
-                                .map(|d| spec::servable(d, &executor))
-                                .collect::<PyResult<Vec<_>>>()
-                        });
+                        .and_then(|dicts| specs_and_worker_plans(py, &dicts, &executor));
                     converted.map_err(|e| ServeError::Config(python_text(py, &e)))
                 })?;
                 // Outside `attach`: ONNX Runtime builds its sessions without holding the GIL.
-                specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>()
+                let mut versions = specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>()?;
+                // The workers live as long as their version: a reload or an unload stops them once the replaced
+                // version's last request has ended.
+                for worker in start_workers(&dispatcher, plans).map_err(ServeError::Config)? {
+                    let number = worker.version();
+                    let worker = VersionWorker(worker);
+                    match versions.iter_mut().find(|v| v.version == number) {
+                        Some(version) => version.attached.push(Box::new(worker)),
+                        None => drop(worker), // cannot happen: every plan comes from one of these versions
+                    }
+                }
+                Ok(versions)
             })
             .await
             .map_err(|e| ServeError::Internal(format!("loading servable failed: {e}")))?

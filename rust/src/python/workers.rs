@@ -144,6 +144,10 @@ impl WorkerHandle {
     }
 
     /// The running worker's pid, if one is up.
+    pub fn version(&self) -> u64 {
+        self.shared.config.version
+    }
+
     pub fn pid(&self) -> Option<u32> {
         Some(self.shared.pid.load(Ordering::Acquire)).filter(|&pid| pid != 0)
     }

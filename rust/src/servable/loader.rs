@@ -98,6 +98,7 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
         version: spec.version,
         models,
         methods,
+        attached: Vec::new(),
     })
 }
 

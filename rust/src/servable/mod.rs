@@ -15,6 +15,9 @@ pub struct ServableVersion {
     pub version: u64,
     pub models: Arc<ModelSet>,
     pub methods: HashMap<String, Arc<MethodPlan>>,
+    /// What lives exactly as long as this version and stops when it is dropped (unloaded or replaced, once its
+    /// last request ended): the worker processes of a version loaded through the model repository.
+    pub attached: Vec<Box<dyn Send + Sync>>,
 }
 
 impl ServableVersion {

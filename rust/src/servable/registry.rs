@@ -146,6 +146,7 @@ mod tests {
             version,
             models: Arc::new(ModelSet::default()),
             methods: HashMap::new(),
+            attached: Vec::new(),
         }
     }
 
