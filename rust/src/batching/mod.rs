@@ -276,15 +276,24 @@ impl ModelQueue {
 
     /// Runs one instance (inputs in model input order) and returns its outputs (model output order), batched with
     /// whatever else is queued for this model. Cancel-safe: dropping the future drops the instance.
-    ///
-    /// A fast model without a batch dimension may run on the calling thread instead (see `try_inline`).
     pub async fn infer(&self, inputs: Vec<Tensor>) -> InstanceResult {
-        let inputs = match self.try_inline(inputs) {
-            Ok(result) => return result,
-            Err(inputs) => inputs,
-        };
         let rx = self.submit(inputs)?;
         rx.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Runs the instances of one request (see `infer`), answering in order. A lone instance of a fast model without
+    /// a batch dimension may run on the calling thread instead (see `try_inline`); several always go through the
+    /// queue, so one large request cannot hold the calling (I/O) thread.
+    pub async fn infer_all(&self, mut instances: Vec<Vec<Tensor>>) -> Vec<InstanceResult> {
+        if instances.len() == 1 {
+            let inputs = instances.pop().expect("one instance");
+            let result = match self.try_inline(inputs) {
+                Ok(result) => result,
+                Err(inputs) => self.infer(inputs).await,
+            };
+            return vec![result];
+        }
+        futures::future::join_all(instances.into_iter().map(|inputs| self.infer(inputs))).await
     }
 
     /// Runs the instance on the calling thread when that loses nothing and saves the two thread hand-offs: the model

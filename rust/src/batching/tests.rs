@@ -901,7 +901,7 @@ fn fast_whole_models_run_on_the_calling_thread() {
     let mut inline_after = None;
     for k in 0..200 {
         let x = f32_tensor(vec![2, 2], &[k as f32, 1.0, 2.0, 3.0]);
-        assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
+        assert_eq!(runtime.block_on(queue.infer_all(vec![vec![x.clone()]]))[0], Ok(vec![x]));
         if threads.lock().unwrap().last() == Some(&here) {
             inline_after = Some(k);
             break;
@@ -909,15 +909,30 @@ fn fast_whole_models_run_on_the_calling_thread() {
     }
     assert!(inline_after.is_some_and(|k| k > 0), "{inline_after:?}");
     assert_eq!(threads.lock().unwrap()[0], "rustserve-model-fast.onnx");
+    // several instances of one request, and `infer` itself, always go through the queue
+    let before = threads.lock().unwrap().len();
+    let x = f32_tensor(vec![2, 2], &[7.0; 4]);
+    let results = runtime.block_on(queue.infer_all(vec![vec![x.clone()], vec![x.clone()]]));
+    assert_eq!(results, vec![Ok(vec![x.clone()]), Ok(vec![x.clone()])]);
+    assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
+    assert!(
+        threads.lock().unwrap()[before..]
+            .iter()
+            .all(|t| t == "rustserve-model-fast.onnx")
+    );
     // bad input is still refused with the instance check's text on the inline path
-    let err = runtime.block_on(queue.infer(vec![row(&[1.0])])).unwrap_err();
+    let err = runtime
+        .block_on(queue.infer_all(vec![vec![row(&[1.0])]]))
+        .remove(0)
+        .unwrap_err();
     assert!(
         matches!(&err, ServeError::InvalidInput(t) if t.contains("size 4 not match the size 16")),
         "{err:?}"
     );
     queue.shutdown();
     let err = runtime
-        .block_on(queue.infer(vec![f32_tensor(vec![2, 2], &[0.0; 4])]))
+        .block_on(queue.infer_all(vec![vec![f32_tensor(vec![2, 2], &[0.0; 4])]]))
+        .remove(0)
         .unwrap_err();
     assert!(
         matches!(err, ServeError::Unavailable(_)),
@@ -939,14 +954,20 @@ fn slow_or_batched_models_always_use_their_batch_thread() {
     let symbolic = ModelQueue::new("/m/sym.onnx", fixed_sig(-1), whole(), symbolic_runner).unwrap();
     for k in 0..3 {
         let x = f32_tensor(vec![2, 2], &[k as f32; 4]);
-        assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
+        assert_eq!(runtime.block_on(queue.infer_all(vec![vec![x.clone()]]))[0], Ok(vec![x]));
         let r = row(&[k as f32, 0.0]);
-        assert_eq!(runtime.block_on(dynamic.infer(vec![r.clone()])).unwrap(), vec![r]);
+        assert_eq!(
+            runtime.block_on(dynamic.infer_all(vec![vec![r.clone()]]))[0],
+            Ok(vec![r])
+        );
     }
     // 40 fast runs bring the moving average far under the inline limit; the symbolic model still never inlines.
     for k in 0..40 {
         let x = f32_tensor(vec![3, 2], &[k as f32; 6]);
-        assert_eq!(runtime.block_on(symbolic.infer(vec![x.clone()])).unwrap(), vec![x]);
+        assert_eq!(
+            runtime.block_on(symbolic.infer_all(vec![vec![x.clone()]]))[0],
+            Ok(vec![x])
+        );
     }
     assert!(
         symbolic_threads

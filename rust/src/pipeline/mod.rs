@@ -8,7 +8,7 @@ use crate::error::ServeError;
 use crate::request::InstanceResult;
 use crate::servable::spec::{FunctionId, MethodSpec, StageKind};
 use crate::tensor::Tensor;
-use futures::future::{BoxFuture, join_all};
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -86,7 +86,7 @@ pub async fn run_method(
             .collect();
         let results = match &stage.kind {
             StageKind::Model { model, subgraph } => match plan.models.queue(*model, *subgraph) {
-                Some(queue) => join_all(inputs.into_iter().map(|x| queue.infer(x))).await,
+                Some(queue) => queue.infer_all(inputs).await,
                 None => vec![Err(ServeError::Internal(format!("model {model} is not loaded"))); alive.len()],
             },
             StageKind::Function {
