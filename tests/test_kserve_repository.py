@@ -314,3 +314,69 @@ def test_repository_loads_get_worker_processes(
     unload = requests.post(f"{server.rest_base}/v2/repository/models/who/unload", timeout=RPC_TIMEOUT_S)
     assert unload.status_code == 200, unload.text
     wait_until(lambda: worker_pids(server) == set(), "the unload to stop the workers")
+
+
+TRACKED_CONFIG = """
+import weakref
+
+import probe_registry
+from rustserve.server import register
+
+
+def echo_stage(x):
+    return x
+
+
+probe_registry.STAGES.append(weakref.ref(echo_stage))
+
+
+@register.register_method(output_names=["y"])
+def echo(x):
+    return register.add_stage(echo_stage, x, outputs_count=1)
+"""
+
+PROBE_CONFIG = """
+import gc
+
+import numpy as np
+
+import probe_registry
+from rustserve.server import register
+
+
+def count_dead(x):
+    gc.collect()
+    return np.array([sum(ref() is None for ref in probe_registry.STAGES), len(probe_registry.STAGES)], np.int64)
+
+
+@register.register_method(output_names=["dead"])
+def dead(x):
+    return register.add_stage(count_dead, x, outputs_count=1)
+"""
+
+
+def test_reload_releases_the_old_stage_functions(tmp_path: Path, start_server: Callable[..., ServerProcess]) -> None:
+    """A reload swaps in freshly imported stage functions; once the old version is gone, the server no longer holds
+    its functions, so the old config module can be collected (seen through weak references)."""
+    root = tmp_path / "repository"
+    root.mkdir()
+    (root / "probe_registry.py").write_text("STAGES = []\n")
+    for name, config in (("tracked", TRACKED_CONFIG), ("probe", PROBE_CONFIG)):
+        (root / name).mkdir()
+        (root / name / "servable_config.py").write_text(config.lstrip())
+    server = start_server(root)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+
+    def dead_and_total() -> list[int]:
+        reply = requests.post(f"{server.rest_base}/v2/models/probe/infer", json=body, timeout=RPC_TIMEOUT_S)
+        assert reply.status_code == 200, reply.text
+        return list(reply.json()["outputs"][0]["data"])
+
+    assert dead_and_total() == [0, 1]
+    for _ in range(2):
+        load = requests.post(f"{server.rest_base}/v2/repository/models/tracked/load", timeout=RPC_TIMEOUT_S)
+        assert load.status_code == 200, load.text
+    # Three imports; the two replaced versions are dropped on a blocking thread, then their functions are released.
+    wait_until(lambda: dead_and_total() == [2, 3], "the replaced versions' stage functions to be released")
+    reply = requests.post(f"{server.rest_base}/v2/models/tracked/infer", json=body, timeout=RPC_TIMEOUT_S)
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [1.0], reply.text

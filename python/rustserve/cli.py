@@ -244,6 +244,34 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
     return specs
 
 
+def _print_start_report(
+    args: argparse.Namespace, specs: Sequence[ServableSpec], listeners: Sequence[str], seconds: float
+) -> None:
+    """The ready line on stdout, then what is served and where on stderr."""
+    versions = ", ".join(f"{spec['name']} v{spec['version']}" for spec in specs)
+    # NOTE: scripts and tests wait for this one stdout line ("rustserve: serving"); the details for people go to
+    # stderr, next to the log, so stdout stays one line per event.
+    print(
+        f"rustserve: serving {len(specs)} servable version(s) ({versions}) on {', '.join(listeners) or 'no listener'}"
+        f" in {seconds:.2f} s",
+        flush=True,
+    )
+    lines = []
+    for spec in specs:
+        methods = "; ".join(_method_line(method) for method in spec["methods"])
+        lines.append(f"  {spec['name']} v{spec['version']}: {methods}")
+    if not args.no_grpc:
+        lines.append(
+            f"  gRPC: MindSpore MSService and KServe v2 on {args.grpc}; try `rustserve infer --address {args.grpc} ...`"
+        )
+    if not args.no_rest:
+        lines.append(f"  REST: POST http://{args.rest}/model/<servable>[/version/<n>]:<method>")
+        lines.append(f"  KServe v2: http://{args.rest}/v2/models/<servable>.<method>/infer; health /v2/health/ready")
+        lines.append(f"  metrics: http://{args.rest}/metrics")
+    lines.append("  stop with Ctrl-C (SIGINT) or SIGTERM")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def _start(args: argparse.Namespace) -> int:
     from rustserve import server
     from rustserve.server import _loader
@@ -288,28 +316,10 @@ def _start(args: argparse.Namespace) -> int:
         print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
         return 1
 
-    versions = ", ".join(f"{spec['name']} v{spec['version']}" for spec in specs)
-    # NOTE: scripts and tests wait for this one stdout line ("rustserve: serving"); the details for people go to
-    # stderr, next to the log, so stdout stays one line per event.
-    print(
-        f"rustserve: serving {len(specs)} servable version(s) ({versions}) on {', '.join(listeners) or 'no listener'}"
-        f" in {time.monotonic() - started:.2f} s",
-        flush=True,
-    )
-    lines = []
-    for spec in specs:
-        methods = "; ".join(_method_line(method) for method in spec["methods"])
-        lines.append(f"  {spec['name']} v{spec['version']}: {methods}")
-    if not args.no_grpc:
-        lines.append(
-            f"  gRPC: MindSpore MSService and KServe v2 on {args.grpc}; try `rustserve infer --address {args.grpc} ...`"
-        )
-    if not args.no_rest:
-        lines.append(f"  REST: POST http://{args.rest}/model/<servable>[/version/<n>]:<method>")
-        lines.append(f"  KServe v2: http://{args.rest}/v2/models/<servable>.<method>/infer; health /v2/health/ready")
-        lines.append(f"  metrics: http://{args.rest}/metrics")
-    lines.append("  stop with Ctrl-C (SIGINT) or SIGTERM")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    _print_start_report(args, specs, listeners, time.monotonic() - started)
+    # Only the report needed the specs; they hold the start-up stage functions, which a repository reload must be
+    # able to free.
+    del specs
     try:
         server._wait_for_stop()
     except KeyboardInterrupt:

@@ -89,8 +89,9 @@ impl PyServer {
                 )));
             }
         }
+        let executor = self.executor.clone();
         let loaded = py
-            .detach(move || specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>())
+            .detach(move || load_versions(specs, &executor))
             .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
         let workers = py
             .detach(|| start_workers(&self.dispatcher, plans))
@@ -395,6 +396,56 @@ impl Drop for VersionWorker {
     }
 }
 
+/// The stage functions a servable version registered: released when that version is dropped, so unloads and reloads
+/// do not keep old configs' functions (and their modules) alive.
+struct VersionFunctions {
+    executor: Arc<PyExecutor>,
+    ids: Vec<FunctionId>,
+}
+
+impl Drop for VersionFunctions {
+    fn drop(&mut self) {
+        self.executor.release_functions(&self.ids);
+    }
+}
+
+/// Loads the models of `specs` and builds their versions, each holding its stage functions until it is dropped; on
+/// failure, releases every function the specs registered.
+fn load_versions(specs: Vec<ServableSpec>, executor: &Arc<PyExecutor>) -> Result<Vec<ServableVersion>, ServeError> {
+    let functions: Vec<Vec<FunctionId>> = specs.iter().map(function_ids).collect();
+    let outcome = specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>();
+    let mut versions = outcome.inspect_err(|_| {
+        for ids in &functions {
+            executor.release_functions(ids);
+        }
+    })?;
+    // `loader::load` keeps the order of `specs`.
+    for (version, ids) in versions.iter_mut().zip(functions) {
+        let release = VersionFunctions {
+            executor: executor.clone(),
+            ids,
+        };
+        version.attached.push(Box::new(release));
+    }
+    Ok(versions)
+}
+
+/// The stage functions `spec` uses, each once.
+fn function_ids(spec: &ServableSpec) -> Vec<FunctionId> {
+    let mut ids: Vec<FunctionId> = spec
+        .methods
+        .iter()
+        .flat_map(|method| &method.stages)
+        .filter_map(|stage| match &stage.kind {
+            StageKind::Function { function, .. } => Some(*function),
+            StageKind::Model { .. } => None,
+        })
+        .collect();
+    ids.sort_by_key(|id| id.0);
+    ids.dedup_by_key(|id| id.0);
+    ids
+}
+
 /// The text of a Python exception (without the traceback).
 fn python_text(py: Python<'_>, err: &PyErr) -> String {
     err.value(py).to_string()
@@ -439,7 +490,7 @@ impl Repository for PyRepository {
                     converted.map_err(|e| ServeError::Config(python_text(py, &e)))
                 })?;
                 // Outside `attach`: ONNX Runtime builds its sessions without holding the GIL.
-                let mut versions = specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>()?;
+                let mut versions = load_versions(specs, &executor)?;
                 // The workers live as long as their version: a reload or an unload stops them once the replaced
                 // version's last request has ended.
                 for worker in start_workers(&dispatcher, plans).map_err(ServeError::Config)? {

@@ -13,8 +13,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
-/// Python callables of every loaded servable, indexed by `FunctionId`.
-pub type FunctionTable = Arc<RwLock<Vec<Py<PyAny>>>>;
+/// Python callables of every loaded servable, indexed by `FunctionId`; `None` once released (the servable version
+/// that registered it was unloaded or replaced).
+pub type FunctionTable = Arc<RwLock<Vec<Option<Py<PyAny>>>>>;
 
 /// Handle to the GIL thread; `shutdown` (or drop) ends it after the call in progress.
 pub struct PyExecutor {
@@ -27,7 +28,10 @@ pub struct PyExecutor {
 fn run(py: Python<'_>, functions: &FunctionTable, call: &FunctionCall) -> Vec<InstanceResult> {
     let function = {
         let table = functions.read().unwrap_or_else(PoisonError::into_inner);
-        table.get(call.function.0).map(|f| f.clone_ref(py))
+        table
+            .get(call.function.0)
+            .and_then(Option::as_ref)
+            .map(|f| f.clone_ref(py))
     };
     if let Some(function) = function {
         stages::run(py, function.bind(py), call)
@@ -75,8 +79,19 @@ impl PyExecutor {
     /// Registers a callable and returns its index. Call while attached.
     pub fn add_function(&self, function: Py<PyAny>) -> crate::servable::spec::FunctionId {
         let mut table = self.functions.write().unwrap_or_else(PoisonError::into_inner);
-        table.push(function);
+        table.push(Some(function));
         crate::servable::spec::FunctionId(table.len() - 1)
+    }
+
+    /// Drops the callables of `ids` (their ids are never reused); a call to one of them then fails with
+    /// "is not registered". Needs no GIL: pyo3 defers the decrefs.
+    pub fn release_functions(&self, ids: &[crate::servable::spec::FunctionId]) {
+        let mut table = self.functions.write().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            if let Some(entry) = table.get_mut(id.0) {
+                entry.take();
+            }
+        }
     }
 
     /// Stops accepting calls and joins the thread. Call with the GIL released.
