@@ -38,7 +38,7 @@ docs-test: venv
 
 lint: venv
 	cargo fmt --check
-	cargo clippy --lib -- -D warnings
+	cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests examples
 	$(VENV)/bin/ruff format --check python tests examples
 	$(VENV)/bin/mypy python/rustserve --ignore-missing-imports

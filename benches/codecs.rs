@@ -24,7 +24,7 @@ fn proto_request(instances: usize, floats: usize) -> Bytes {
         items: [("x1".to_string(), tensor.clone()), ("x2".to_string(), tensor)]
             .into_iter()
             .collect(),
-        output_buffers: Default::default(),
+        output_buffers: std::collections::HashMap::default(),
     };
     let request = ms::PredictRequest {
         servable_spec: Some(ms::ServableSpec {
@@ -64,7 +64,7 @@ fn bench_proto(c: &mut Criterion) {
 fn bench_json(c: &mut Criterion) {
     let body = br#"{"instances": [{"x1": [[1.0, 2.0], [3.0, 4.0]], "x2": [[1.0, 2.0], [3.0, 4.0]]}]}"#;
     c.bench_function("ms_json decode 1x[2,2]f32", |b| {
-        b.iter(|| ms_json::decode_body(black_box(body), 1 << 20))
+        b.iter(|| ms_json::decode_body(black_box(body), 1 << 20));
     });
     let answer = reply(1, 4);
     c.bench_function("ms_json encode 1x[4]f32", |b| {
