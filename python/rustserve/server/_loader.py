@@ -172,10 +172,11 @@ class ServableLoader:
 
         if directory not in sys.path:
             sys.path.append(directory)
-        registry = register._Registry(name, os.path.join(directory, name))
+        folder = os.path.join(directory, name)
+        registry = register._Registry(name, folder)
         module_name = f"{name}.servable_config"
         try:
-            _prepare_package(name, os.path.join(directory, name))
+            _prepare_package(name, folder)
             sys.modules.pop(module_name, None)
             with register._recording(registry):
                 importlib.import_module(module_name)

@@ -52,6 +52,14 @@ fn positive_duration(what: &str, seconds: f64) -> PyResult<std::time::Duration> 
         .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("{what} must be > 0 seconds, got {seconds}")))
 }
 
+/// A limit (a count) of at least 1; `ValueError` "<what> must be >= 1" otherwise.
+fn positive_limit(what: &str, limit: usize) -> PyResult<usize> {
+    if limit == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("{what} must be >= 1")));
+    }
+    Ok(limit)
+}
+
 fn start_error(err: ServeError) -> PyErr {
     ServerStartError::new_err(err.message().to_string())
 }
@@ -153,34 +161,22 @@ impl PyServer {
 
     /// Bounds the instances queued per model (subgraph): requests needing a full model queue fail at once.
     fn set_max_queued_instances(&self, limit: usize) -> PyResult<()> {
-        if limit == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "max queued instances must be >= 1",
-            ));
-        }
-        self.service.set_max_queued_instances(limit);
+        self.service
+            .set_max_queued_instances(positive_limit("max queued instances", limit)?);
         Ok(())
     }
 
     /// Bounds the requests in flight (MindSpore's `set_max_enqueued_requests`): further requests fail at once.
     fn set_max_enqueued_requests(&self, limit: usize) -> PyResult<()> {
-        if limit == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "max enqueued requests must be >= 1",
-            ));
-        }
-        self.service.set_max_enqueued_requests(limit);
+        self.service
+            .set_max_enqueued_requests(positive_limit("max enqueued requests", limit)?);
         Ok(())
     }
 
     /// Bounds the Python stage calls waiting for an executor: further calls fail at once.
     fn set_max_queued_python_calls(&self, limit: usize) -> PyResult<()> {
-        if limit == 0 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "max queued Python calls must be >= 1",
-            ));
-        }
-        self.dispatcher.set_max_waiting(limit);
+        self.dispatcher
+            .set_max_waiting(positive_limit("max queued Python calls", limit)?);
         Ok(())
     }
 
