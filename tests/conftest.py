@@ -600,6 +600,54 @@ def expect_start_failure(servable_dir: Path, log_dir: Path, *, grpc_port: int | 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# process helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name, or None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def worker_pids(server_pid: int, servable: str | None = "wk") -> list[int]:
+    """Live children of `server_pid` running `rustserve.worker` (for `servable`; None = any servable)."""
+    wanted = b"\0--servable\0" + (servable or "").encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = proc_stat(int(entry))
+        if fields is None or fields[0] == "Z" or int(fields[1]) != server_pid:
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"rustserve.worker" in cmdline and (servable is None or wanted in cmdline):
+                found.append(int(entry))
+    return sorted(found)
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Polls `predicate` until it returns something truthy; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # wire helpers
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import models
 import numpy as np
 import pytest
-from conftest import ADD_CONFIG, RPC_TIMEOUT_S, ServerProcess, _child_env, free_port
+from conftest import ADD_CONFIG, RPC_TIMEOUT_S, ServerProcess, _child_env, free_port, worker_pids
 from test_e2e_startup import BAD_CONFIGS
 
 from rustserve.cli import main, parse_assignment
@@ -406,10 +406,8 @@ def test_start_num_parallel_workers(
     """--num-parallel-workers 3 gives a servable with Python stages two worker processes (which answer like the
     server's own Python thread); a value outside [0, 64] is refused before anything loads."""
     folder, server = _serve_add_with(make_servable, start_server, tmp_path, "--num-parallel-workers", "3")
-    workers = subprocess.run(
-        ["pgrep", "-P", str(server.proc.pid), "-f", "rustserve.worker"], capture_output=True, text=True, check=False
-    )
-    assert len(workers.stdout.split()) == 2, workers
+    workers = worker_pids(server.proc.pid, "add")
+    assert len(workers) == 2, workers
     done = run_cli("infer", "--address", server.grpc_address, "--servable", "add", "--method", "add_cast",
                    "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")  # fmt: skip
     assert done.returncode == 0 and json.loads(done.stdout) == {"y": [[2, 3], [4, 5]]}, done.stderr

@@ -15,7 +15,7 @@ import models
 import numpy as np
 import pytest
 import requests
-from conftest import RPC_TIMEOUT_S, ServerProcess
+from conftest import RPC_TIMEOUT_S, ServerProcess, wait_for, worker_pids
 
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -253,22 +253,9 @@ def whoami(x):
 """
 
 
-def worker_pids(server: ServerProcess) -> set[int]:
-    """Pids of the server's Python worker processes."""
-    import subprocess
-
-    found = subprocess.run(
-        ["pgrep", "-P", str(server.proc.pid), "-f", "rustserve.worker"], capture_output=True, text=True, check=False
-    )
-    return {int(pid) for pid in found.stdout.split()}
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+def workers_of(server: ServerProcess) -> set[int]:
+    """Pids of the server's Python worker processes, any servable."""
+    return set(worker_pids(server.proc.pid, None))
 
 
 def test_repository_loads_get_worker_processes(
@@ -280,13 +267,13 @@ def test_repository_loads_get_worker_processes(
     script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --num-parallel-workers 3\n')
     script.chmod(0o755)
     server = start_server(root, command=[str(script)])
-    assert worker_pids(server) == set()  # `a` has no Python stage: no workers
+    assert workers_of(server) == set()  # `a` has no Python stage: no workers
     folder = root / "who"
     folder.mkdir()
     (folder / "servable_config.py").write_text(PID_CONFIG.lstrip())
     load = requests.post(f"{server.rest_base}/v2/repository/models/who/load", timeout=RPC_TIMEOUT_S)
     assert load.status_code == 200, load.text
-    first = worker_pids(server)
+    first = workers_of(server)
     assert len(first) == 2, first
 
     def answered_pids(calls: int) -> set[int]:
@@ -307,13 +294,13 @@ def test_repository_loads_get_worker_processes(
         return seen
 
     seen: set[int] = set()
-    wait_until(lambda: bool(seen.update(answered_pids(12)) or seen & first), "a worker process to answer")
+    wait_for(lambda: bool(seen.update(answered_pids(12)) or seen & first), "a worker process to answer")
     load = requests.post(f"{server.rest_base}/v2/repository/models/who/load", timeout=RPC_TIMEOUT_S)
     assert load.status_code == 200, load.text
-    wait_until(lambda: len(worker_pids(server)) == 2 and not worker_pids(server) & first, "the reload's workers")
+    wait_for(lambda: len(workers_of(server)) == 2 and not workers_of(server) & first, "the reload's workers")
     unload = requests.post(f"{server.rest_base}/v2/repository/models/who/unload", timeout=RPC_TIMEOUT_S)
     assert unload.status_code == 200, unload.text
-    wait_until(lambda: worker_pids(server) == set(), "the unload to stop the workers")
+    wait_for(lambda: workers_of(server) == set(), "the unload to stop the workers")
 
 
 TRACKED_CONFIG = """
@@ -377,6 +364,6 @@ def test_reload_releases_the_old_stage_functions(tmp_path: Path, start_server: C
         load = requests.post(f"{server.rest_base}/v2/repository/models/tracked/load", timeout=RPC_TIMEOUT_S)
         assert load.status_code == 200, load.text
     # Three imports; the two replaced versions are dropped on a blocking thread, then their functions are released.
-    wait_until(lambda: dead_and_total() == [2, 3], "the replaced versions' stage functions to be released")
+    wait_for(lambda: dead_and_total() == [2, 3], "the replaced versions' stage functions to be released")
     reply = requests.post(f"{server.rest_base}/v2/models/tracked/infer", json=body, timeout=RPC_TIMEOUT_S)
     assert reply.status_code == 200 and reply.json()["outputs"][0]["data"] == [1.0], reply.text

@@ -882,6 +882,11 @@ fn thread_recorder(sleep: Duration) -> (Box<dyn BatchRunner>, Arc<Mutex<Vec<Stri
     (Box::new(runner), threads)
 }
 
+/// Whether every run recorded from index `from` on happened on `thread`.
+fn all_ran_on(threads: &Mutex<Vec<String>>, from: usize, thread: &str) -> bool {
+    threads.lock().unwrap()[from..].iter().all(|t| t == thread)
+}
+
 fn whole() -> BatchConfig {
     BatchConfig {
         with_batch_dim: false,
@@ -915,11 +920,7 @@ fn fast_whole_models_run_on_the_calling_thread() {
     let results = runtime.block_on(queue.infer_all(vec![vec![x.clone()], vec![x.clone()]]));
     assert_eq!(results, vec![Ok(vec![x.clone()]), Ok(vec![x.clone()])]);
     assert_eq!(runtime.block_on(queue.infer(vec![x.clone()])).unwrap(), vec![x]);
-    assert!(
-        threads.lock().unwrap()[before..]
-            .iter()
-            .all(|t| t == "rustserve-model-fast.onnx")
-    );
+    assert!(all_ran_on(&threads, before, "rustserve-model-fast.onnx"));
     // bad input is still refused with the instance check's text on the inline path
     let err = runtime
         .block_on(queue.infer_all(vec![vec![row(&[1.0])]]))
@@ -969,21 +970,9 @@ fn slow_or_batched_models_always_use_their_batch_thread() {
             Ok(vec![x])
         );
     }
-    assert!(
-        symbolic_threads
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|t| t == "rustserve-model-sym.onnx")
-    );
-    assert!(threads.lock().unwrap().iter().all(|t| t == "rustserve-model-slow.onnx"));
-    assert!(
-        batched_threads
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|t| t == "rustserve-model-dyn.onnx")
-    );
+    assert!(all_ran_on(&symbolic_threads, 0, "rustserve-model-sym.onnx"));
+    assert!(all_ran_on(&threads, 0, "rustserve-model-slow.onnx"));
+    assert!(all_ran_on(&batched_threads, 0, "rustserve-model-dyn.onnx"));
 }
 
 // ---- real ONNX Runtime sessions ----
