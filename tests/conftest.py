@@ -539,28 +539,20 @@ class ServerProcess:
         """Sends `sig` and waits for the exit; returns the exit code (kills and fails when it does not exit)."""
         if self.alive():
             self.proc.send_signal(sig)
+        return self.wait_exit(timeout, f"after {sig.name}")
+
+    def wait_exit(self, timeout: float = STOP_TIMEOUT_S, why: str = "") -> int:
+        """Waits for the exit; returns the exit code (shows the thread stacks, kills and fails when it does not)."""
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             stacks = self.thread_stacks()
             self.kill()
-            pytest.fail(f"server did not exit within {timeout:.0f} s after {sig.name}\n{self.describe()}\n{stacks}")
+            pytest.fail(f"server did not exit within {timeout:.0f} s {why}\n{self.describe()}\n{stacks}")
 
     def thread_stacks(self) -> str:
         """Every thread's Python and native stack (py-spy), to show where a server that does not stop waits."""
-        spy = Path(sys.executable).parent / "py-spy"
-        if not spy.exists():
-            return "(py-spy is not installed: no thread stacks)"
-        try:
-            dump = subprocess.run(
-                [str(spy), "dump", "--native", "--pid", str(self.proc.pid)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        except subprocess.TimeoutExpired:
-            return "(py-spy dump timed out)"
-        return f"--- thread stacks (py-spy dump --native) ---\n{dump.stdout}{dump.stderr}"
+        return thread_stacks(self.proc.pid)
 
     def kill(self) -> None:
         """SIGKILLs the server's process group (it was started in its own session) and reaps it."""
@@ -602,6 +594,33 @@ def expect_start_failure(servable_dir: Path, log_dir: Path, *, grpc_port: int | 
 # ---------------------------------------------------------------------------------------------------------------
 # process helpers
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def thread_stacks(pid: int) -> str:
+    """Every thread's Python and native stack of process `pid` (py-spy), to show where a process that does not stop
+    waits."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return "(py-spy is not installed: no thread stacks)"
+    try:
+        dump = subprocess.run(
+            [str(spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return "(py-spy dump timed out)"
+    return f"--- thread stacks (py-spy dump --native) ---\n{dump.stdout}{dump.stderr}"
+
+
+def communicate_or_fail(proc: subprocess.Popen[str], timeout: float, what: str) -> tuple[str, str]:
+    """`proc.communicate(timeout=...)`; a process still running then has its thread stacks shown, is killed, and
+    fails the test with `what`."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = thread_stacks(proc.pid)
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{what}: no exit within {timeout:.0f} s\n--- stdout ---\n{out}\n--- stderr ---\n{err}\n{stacks}")
 
 
 def proc_stat(pid: int) -> list[str] | None:

@@ -16,6 +16,8 @@ import pytest
 from conftest import Grpc
 from test_limits import reply_of, start, wait_for
 
+from rustserve.server import EXIT_ABANDONED
+
 
 def children(pid: int) -> list[int]:
     """Pids of the live (non-zombie) direct children of `pid`."""
@@ -58,7 +60,7 @@ def test_request_in_flight_completes_then_the_server_exits_cleanly(
     assert replies, "the request in flight got no answer"
     assert not replies[0].error_msg, replies[0]
     assert list(replies[0].instances[0].items) == ["n"]
-    assert server.proc.wait(timeout=60) == 0, server.describe()
+    assert server.wait_exit(60, f"after {sig.name}") == 0, server.describe()
     # Stopped accepting: a new call is refused.
     with pytest.raises(grpc.RpcError):
         reply_of(client, "late", timeout=5)
@@ -90,5 +92,9 @@ def test_drain_timeout_bounds_the_wait(tmp_path: Path, pb2_modules: tuple[Any, A
     # The stage sleeps 20 s: an answer well before that means the drain timeout, not the stage, ended the wait.
     assert time.monotonic() - began < 15
     assert errors or (replies and replies[0].error_msg), (replies, errors)
-    server.proc.wait(timeout=30)
+    # The stage still holds the server's Python thread, so the stop cannot finish: the process gives up on it and
+    # exits with EXIT_ABANDONED within the drain timeout + 5 s, telling where its threads were.
+    assert server.wait_exit(30, "after SIGTERM") == EXIT_ABANDONED, server.describe()
+    assert time.monotonic() - began < 0.5 + 5 + 1
+    assert "the stop did not finish within 5.0 s" in server.stderr_text()
     client.channel.close()

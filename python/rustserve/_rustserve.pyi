@@ -70,8 +70,8 @@ class Server:
         """Sets how long `stop` lets requests in flight finish, in seconds (>= 0)."""
     def servables(self) -> list[tuple[str, int, list[str]]]:
         """(name, version, method names) of every loaded servable version."""
-    def stop(self) -> None:
-        """Stops the listeners and executors; idempotent."""
+    def stop(self) -> bool:
+        """Stops the listeners and executors; idempotent. False when requests in flight outlived the drain timeout."""
     def is_running(self) -> bool: ...
     def set_repository(self, loader: Any) -> None:
         """Installs the model repository of the Open Inference Protocol's repository extension.

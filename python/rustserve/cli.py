@@ -322,11 +322,9 @@ def _start(args: argparse.Namespace) -> int:
     del specs
     try:
         server._wait_for_stop()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
-    return 0
+    return server._stop_status()
 
 
 # ---------------------------------------------------------------------------------------------------------------

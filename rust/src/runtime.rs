@@ -291,8 +291,8 @@ impl ServerRuntime {
     }
 
     /// Stops accepting, waits up to the drain timeout for requests in flight, then shuts the runtime down.
-    /// Blocking; idempotent.
-    pub fn stop(&self) {
+    /// Blocking; idempotent. False when the drain timeout passed with requests still in flight.
+    pub fn stop(&self) -> bool {
         let _ = self.stop.send(true);
         let tasks: Vec<_> = self
             .tasks
@@ -306,18 +306,21 @@ impl ServerRuntime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
-            return;
+            return true;
         };
         let drain = *self
             .drain_timeout
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        runtime.block_on(async {
+        let drained = runtime.block_on(async {
             let all = futures::future::join_all(tasks.into_iter().map(|(_, t)| t));
-            if tokio::time::timeout(drain, all).await.is_err() {
+            let drained = tokio::time::timeout(drain, all).await.is_ok();
+            if !drained {
                 tracing::warn!("requests still in flight after the drain timeout ({drain:?}); stopping anyway");
             }
+            drained
         });
         runtime.shutdown_timeout(Duration::from_secs(1));
+        drained
     }
 }

@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
+import faulthandler
 import functools
 import importlib
 import logging
@@ -22,6 +24,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -296,27 +299,40 @@ class _State:
         self.loader: ServableLoader | None = None
         self.grpc_address: str | None = None
         self.rest_address: str | None = None
-        self.stopped = threading.Event()
+        self.stopped = threading.Event()  # set once a stop has finished
+        self.stop_running = False  # a stop is under way (on the keeper thread or another caller's)
         self.keeper: threading.Thread | None = None
+        # The signal handler wakes the keeper through this pipe: a write needs no lock the interrupted code may hold.
+        self.wake: tuple[int, int] | None = None
         self.previous_handlers: dict[int, Any] = {}
-        self.main_waiting = False
         self.io_threads = 0  # 0: the native default (RUSTSERVE_IO_THREADS, else half the cores)
-        self.stop_signal: int | None = None  # a SIGINT/SIGTERM that `_wait_for_stop` has yet to act on
+        self.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
+        self.stop_signal: int | None = None  # the SIGINT/SIGTERM that asked this process to stop: no restart after it
+        self.abandoned = False  # the last stop gave up on requests still in flight
         self.foreground = False  # the main thread only serves (the CLI): a signal just stops, it never raises
         self.atexit_registered = False
 
 
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
+# A stop that a signal started ends the process within the drain timeout plus this, whatever hangs.
+STOP_GRACE_S = 4.5
+# The exit status of a stop that had to abandon requests or calls in flight (see docs/10-operations.md).
+EXIT_ABANDONED = 3
 _state = _State()
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_SIGNAL_POLL_S = 0.1
 
 
 def _get_server() -> Any:
     with _state.lock:
+        if _state.stop_signal is not None:
+            name = signal.Signals(_state.stop_signal).name
+            raise RuntimeError(f"Serving Error: the server is stopping ({name} received), it cannot start again")
         if _state.server is None:
             native = _native()
             native.init_logging("warn")  # a no-op when the CLI already chose a level
             _state.server = native.Server(_state.io_threads)
+            _state.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
+            _state.abandoned = False
         return _state.server
 
 
@@ -339,18 +355,25 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _wake_keeper() -> None:
+    """Wakes the keeper thread; safe inside a signal handler (one non-blocking write, no lock)."""
+    if _state.wake is not None:
+        try:
+            os.write(_state.wake[1], b"!")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the keeper has a wake-up pending anyway
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _state.main_waiting:
-        # The main thread is inside `_wait_for_stop`, perhaps holding the stop Event's internal (non-reentrant) lock
-        # that stop() needs: that loop does the stopping when it sees the signal, outside of this handler.
+    # NOTE: the handler only asks the keeper thread to stop. Stopping here, on the interrupted main thread, could wait
+    # for a lock that the interrupted code holds (an import, a print, the logging lock, ours) and never return.
+    if _state.stop_signal is None:
         _state.stop_signal = signum
-        return
-    previous = _state.previous_handlers.get(signum)
-    _log_exit_signal(signum)
-    stop()
+    _wake_keeper()
     if _state.foreground or not threading.main_thread().is_alive():
         return  # `rustserve start`, or a script that returned: stopping is all there is to do
     # The main thread still runs user code: give the signal its usual effect there too.
+    previous = _state.previous_handlers.get(signum)
     if callable(previous):
         previous(signum, frame)
     elif previous == signal.SIG_DFL:
@@ -378,14 +401,64 @@ def _restore_signal_handlers() -> None:
     _state.previous_handlers.clear()
 
 
+def _keep(stopped: threading.Event) -> None:
+    """The keeper thread: keeps the process alive until `stopped`, and runs the stop a signal asks for."""
+    assert _state.wake is not None
+    while not stopped.is_set():
+        os.read(_state.wake[0], 512)
+        if _state.stop_signal is not None and not stopped.is_set():
+            _log_exit_signal(_state.stop_signal)
+            _stop_within_deadline()
+
+
+def _stop_within_deadline() -> None:
+    """`stop()`, but past the drain timeout + STOP_GRACE_S the process exits with EXIT_ABANDONED, whatever hangs."""
+    limit_s = _state.drain_timeout_s + STOP_GRACE_S
+    timer = threading.Timer(limit_s, _abandon, args=(limit_s,))
+    timer.daemon = True
+    timer.name = "rustserve-stop-deadline"
+    timer.start()
+    try:
+        stop()
+    finally:
+        timer.cancel()
+
+
+def _abandon(limit_s: float) -> None:
+    """The stop took too long (a stage that never returns, say): tell where every thread is, then exit."""
+    _logger.error(
+        "the stop did not finish within %.1f s (drain timeout %.1f s + %.1f s): exiting with status %d, abandoning "
+        "the calls still running; thread stacks follow",
+        limit_s,
+        _state.drain_timeout_s,
+        STOP_GRACE_S,
+        EXIT_ABANDONED,
+    )
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_ABANDONED)
+
+
+def _start_keeper() -> None:
+    """Starts the keeper thread (non-daemon) unless it runs; call with `_state.lock` held."""
+    if _state.keeper is not None and _state.keeper.is_alive():
+        return
+    if _state.stopped.is_set():
+        _state.stopped = threading.Event()
+    if _state.wake is None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        _state.wake = (read_end, write_end)
+    _state.keeper = threading.Thread(target=_keep, args=(_state.stopped,), name="rustserve-serving", daemon=False)
+    _state.keeper.start()
+
+
 def _keep_serving() -> None:
     """After any start call: a non-daemon thread keeps the process alive until `stop()`, as in MindSpore."""
     with _state.lock:
-        if _state.keeper is None or not _state.keeper.is_alive():
-            if _state.stopped.is_set():
-                _state.stopped = threading.Event()
-            _state.keeper = threading.Thread(target=_state.stopped.wait, name="rustserve-serving", daemon=False)
-            _state.keeper.start()
+        _start_keeper()
         _install_signal_handlers()
         if not _state.atexit_registered:
             atexit.register(stop)
@@ -393,27 +466,24 @@ def _keep_serving() -> None:
 
 
 def _serve_in_foreground() -> None:
-    """Marks the main thread as a pure server (`rustserve start`): SIGINT/SIGTERM then only stop the server,
-    even when they arrive before `_wait_for_stop` is reached."""
+    """Marks the main thread as a pure server (`rustserve start`): SIGINT/SIGTERM then only stop the server, from the
+    first moment of start-up on (a stop asked for during start-up makes the remaining start calls fail)."""
     _state.foreground = True
+    _keep_serving()
 
 
 def _wait_for_stop() -> None:
-    """Blocks the calling (main) thread until `stop()` runs, e.g. from the SIGINT/SIGTERM handler."""
+    """Blocks the calling (main) thread until a stop has finished (`stop()`, or SIGINT/SIGTERM via the keeper)."""
     with _state.lock:
         stopped = _state.stopped
-        _state.stop_signal = None
-        _state.main_waiting = True
         _install_signal_handlers()
-    try:
-        # A signal interrupts the wait, sets `stop_signal` and lets the wait go on: hence the short timeout.
-        while not stopped.wait(_SIGNAL_POLL_S):
-            if _state.stop_signal is not None:
-                _log_exit_signal(_state.stop_signal)
-                stop()
-                break
-    finally:
-        _state.main_waiting = False
+    while not stopped.wait(1.0):
+        pass
+
+
+def _stop_status() -> int:
+    """The exit status the last stop deserves: 0, or EXIT_ABANDONED when it gave up on requests in flight."""
+    return EXIT_ABANDONED if _state.abandoned else 0
 
 
 def _stop_on_except(func: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -714,7 +784,9 @@ def set_drain_timeout(seconds: float) -> None:
     Example:
         >>> server.set_drain_timeout(30)
     """
-    _get_server().set_drain_timeout(_check_seconds("seconds", seconds, allow_zero=True))
+    seconds = _check_seconds("seconds", seconds, allow_zero=True)
+    _get_server().set_drain_timeout(seconds)
+    _state.drain_timeout_s = seconds
 
 
 def set_max_queued_instances(limit: int) -> None:
@@ -778,6 +850,9 @@ def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
 def stop() -> None:
     """Stops the listeners and servables and releases the process (idempotent; also runs on SIGINT/SIGTERM).
 
+    Requests in flight get up to the drain timeout (`set_drain_timeout`) to finish. When another thread is stopping
+    the server already (after a signal), this waits until that stop has finished.
+
     Example:
         >>> server.stop()
     """
@@ -788,8 +863,17 @@ def stop() -> None:
         _state.rest_address = None
         stopped = _state.stopped
         _restore_signal_handlers()
-    try:
+        wait_for_other = server is None and _state.stop_running
         if server is not None:
-            server.stop()
+            _state.stop_running = True
+    if wait_for_other:
+        stopped.wait()
+        return
+    try:
+        # NOTE: the native stop returns False when the drain timeout passed with requests in flight (fakes: None).
+        if server is not None and server.stop() is False:
+            _state.abandoned = True
     finally:
+        _state.stop_running = False
         stopped.set()
+        _wake_keeper()

@@ -64,6 +64,16 @@ fn start_error(err: ServeError) -> PyErr {
     ServerStartError::new_err(err.message().to_string())
 }
 
+impl PyServer {
+    /// A start call on a stopped server (its runtime is gone) fails instead of binding a listener nobody serves.
+    fn refuse_when_stopped(&self) -> PyResult<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(ServerStartError::new_err("Serving Error: the server has been stopped"));
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl PyServer {
     #[new]
@@ -104,10 +114,16 @@ impl PyServer {
         let workers = py
             .detach(|| start_workers(&self.dispatcher, plans))
             .map_err(ServableStartError::new_err)?;
-        self.workers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(workers);
+        let mut running = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        // NOTE: `stop` sets `stopped` before it takes the workers, so checking under the lock leaves no gap: workers
+        // that started while a stop ran are stopped here instead of outliving the server.
+        if self.stopped.load(Ordering::Acquire) {
+            drop(running);
+            py.detach(|| stop_workers(&workers));
+            return Err(ServableStartError::new_err("the server has been stopped"));
+        }
+        running.extend(workers);
+        drop(running);
         for servable in loaded {
             tracing::info!(
                 "servable '{}' version {} ready, methods: {}",
@@ -125,6 +141,7 @@ impl PyServer {
     /// `(certificate, private_key, custom_ca, verify_client)` with PEM file paths, or None for plaintext.
     #[pyo3(signature = (address, max_msg_mb_size, tls = None))]
     fn start_grpc(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize, tls: Option<TlsArg>) -> PyResult<u16> {
+        self.refuse_when_stopped()?;
         let service = self.service.clone();
         let tls = tls.map(tls_files);
         py.detach(|| {
@@ -137,6 +154,7 @@ impl PyServer {
     /// Starts the REST server on `address` (ip:port); returns the bound port. `tls` as for `start_grpc`.
     #[pyo3(signature = (address, max_msg_mb_size, tls = None))]
     fn start_rest(&self, py: Python<'_>, address: &str, max_msg_mb_size: usize, tls: Option<TlsArg>) -> PyResult<u16> {
+        self.refuse_when_stopped()?;
         let service = self.service.clone();
         let tls = tls.map(tls_files);
         py.detach(|| {
@@ -213,26 +231,25 @@ impl PyServer {
             .collect()
     }
 
-    /// Stops the listeners (draining requests in flight), the Python executor and the models; idempotent.
-    fn stop(&self, py: Python<'_>) {
+    /// Stops the listeners (draining requests in flight), the Python executor and the models; idempotent. False
+    /// when the drain timeout passed with requests still in flight (they were abandoned).
+    fn stop(&self, py: Python<'_>) -> bool {
         if self.stopped.swap(true, Ordering::AcqRel) {
-            return;
+            return true;
         }
         py.detach(|| {
             self.service.set_stopping();
-            self.runtime.stop();
+            let drained = self.runtime.stop();
             self.dispatcher.shutdown();
             let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
-            // Signal every worker first so they stop in parallel, then wait for each.
             for worker in &workers {
                 worker.begin_stop();
             }
             self.executor.shutdown();
-            for worker in &workers {
-                worker.join();
-            }
+            stop_workers(&workers);
             self.service.registry.clear();
-        });
+            drained
+        })
     }
 
     fn is_running(&self) -> bool {
@@ -364,15 +381,20 @@ fn start_workers(dispatcher: &Dispatcher, plans: Vec<WorkerPlan>) -> Result<Vec<
         }
     }
     if let Some(error) = error {
-        for handle in &handles {
-            handle.begin_stop();
-        }
-        for handle in &handles {
-            handle.join();
-        }
+        stop_workers(&handles);
         return Err(error);
     }
     Ok(handles)
+}
+
+/// Signals every worker first so they stop in parallel, then waits for each.
+fn stop_workers(workers: &[Arc<WorkerHandle>]) {
+    for worker in workers {
+        worker.begin_stop();
+    }
+    for worker in workers {
+        worker.join();
+    }
 }
 
 /// The model repository behind `Server.set_repository`: Python does the directory work and the imports, Rust loads
