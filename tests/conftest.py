@@ -449,7 +449,15 @@ class ServerProcess:
 
     _counter = 0
 
-    def __init__(self, servable_dir: Path, *, log_dir: Path, grpc_port: int | None = None, command: Sequence[str] = ()):
+    def __init__(
+        self,
+        servable_dir: Path,
+        *,
+        log_dir: Path,
+        grpc_port: int | None = None,
+        command: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ):
         ServerProcess._counter += 1
         self.servable_dir = servable_dir
         self.grpc_port = grpc_port if grpc_port is not None else free_port()
@@ -468,6 +476,7 @@ class ServerProcess:
             self.grpc_address,
             "--rest",
             f"{HOST}:{self.rest_port}",
+            *extra,
         ]
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -568,23 +577,27 @@ def launch_server(
     *,
     grpc_port: int | None = None,
     command: Sequence[str] = (),
+    extra: Sequence[str] = (),
     attempts: int = 3,
 ) -> ServerProcess:
-    """Starts a server and waits for its ready line; retries on a port race, fails with its stderr otherwise."""
-    server = ServerProcess(servable_dir, log_dir=log_dir, grpc_port=grpc_port, command=command)
+    """Starts a server (`extra`: more `start` flags) and waits for its ready line; retries on a port race, fails with
+    its stderr otherwise."""
+    server = ServerProcess(servable_dir, log_dir=log_dir, grpc_port=grpc_port, command=command, extra=extra)
     for attempt in range(attempts):
         if server.wait_ready():
             return server
         lost_port_race = "in use" in server.stderr_text().lower() and grpc_port is None
         if not lost_port_race or attempt == attempts - 1:
             break
-        server = ServerProcess(servable_dir, log_dir=log_dir, command=command)
+        server = ServerProcess(servable_dir, log_dir=log_dir, command=command, extra=extra)
     pytest.fail(f"server failed to start on {servable_dir}\n{server.describe()}")
 
 
-def expect_start_failure(servable_dir: Path, log_dir: Path, *, grpc_port: int | None = None) -> ServerProcess:
+def expect_start_failure(
+    servable_dir: Path, log_dir: Path, *, grpc_port: int | None = None, extra: Sequence[str] = ()
+) -> ServerProcess:
     """Starts a server that must fail at start-up; returns the exited process (fails if it became ready)."""
-    server = ServerProcess(servable_dir, log_dir=log_dir, grpc_port=grpc_port)
+    server = ServerProcess(servable_dir, log_dir=log_dir, grpc_port=grpc_port, extra=extra)
     if server.wait_ready():
         server.stop()
         pytest.fail(f"server started although start-up should fail on {servable_dir}\n{server.describe()}")
@@ -957,14 +970,15 @@ def make_client(server: ServerProcess) -> Iterator[Callable[..., DeadlineClient]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory for a test's own short-lived server: `start_server(servable_dir, command=())` -> ready server.
+    """Factory for a test's own short-lived server: `start_server(servable_dir, command=(), extra=())` -> ready server
+    (`extra`: more `start` flags).
 
     Servers still running at teardown are stopped with SIGTERM and must exit with code 0.
     """
     started: list[ServerProcess] = []
 
-    def factory(servable_dir: Path, command: Sequence[str] = ()) -> ServerProcess:
-        server = launch_server(servable_dir, tmp_path / "logs", command=command)
+    def factory(servable_dir: Path, command: Sequence[str] = (), extra: Sequence[str] = ()) -> ServerProcess:
+        server = launch_server(servable_dir, tmp_path / "logs", command=command, extra=extra)
         started.append(server)
         return server
 

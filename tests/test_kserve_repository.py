@@ -17,6 +17,8 @@ import pytest
 import requests
 from conftest import RPC_TIMEOUT_S, ServerProcess, wait_for, worker_pids
 
+EXPLICIT = ["--model-control-mode", "explicit"]
+
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -82,7 +84,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def served(root: Path, start_server: Callable[..., ServerProcess]) -> ServerProcess:
-    return start_server(root)
+    return start_server(root, extra=EXPLICIT)
 
 
 @pytest.fixture
@@ -134,7 +136,8 @@ def test_repository_errors(http: Any, root: Path) -> None:
     with pytest.raises(InferenceServerException) as info:
         http.load_model("nope")
     assert info.value.status() == "404"
-    assert "model 'nope' is not in the model repository (it holds: a)" in info.value.message()
+    assert "model 'nope' is not in the model repository of this server" in info.value.message()
+    assert "holds" not in info.value.message()  # the directory's contents are not the client's business
 
     (root / "c").mkdir()
     (root / "c" / "servable_config.py").write_text(BROKEN_CONFIG)
@@ -266,7 +269,7 @@ def test_repository_loads_get_worker_processes(
     script = tmp_path / "serve.sh"
     script.write_text(f'#!/bin/sh\nexec {sys.executable} -m rustserve "$@" --num-parallel-workers 3\n')
     script.chmod(0o755)
-    server = start_server(root, command=[str(script)])
+    server = start_server(root, command=[str(script)], extra=EXPLICIT)
     assert workers_of(server) == set()  # `a` has no Python stage: no workers
     folder = root / "who"
     folder.mkdir()
@@ -351,7 +354,7 @@ def test_reload_releases_the_old_stage_functions(tmp_path: Path, start_server: C
     for name, config in (("tracked", TRACKED_CONFIG), ("probe", PROBE_CONFIG)):
         (root / name).mkdir()
         (root / name / "servable_config.py").write_text(config.lstrip())
-    server = start_server(root)
+    server = start_server(root, extra=EXPLICIT)
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
 
     def dead_and_total() -> list[int]:

@@ -517,8 +517,9 @@ class FakeServer:
         self.listeners.append(("rest", address, max_msg_mb_size))
         return int(address.rsplit(":", 1)[1])
 
-    def set_repository(self, loader: Any) -> None:
+    def set_repository(self, loader: Any, api_key: str | None = None) -> None:
         self.repository = loader
+        self.api_key = api_key
 
     def set_request_timeout(self, seconds: float) -> None:
         self.request_timeout = seconds
@@ -769,7 +770,7 @@ class Server:
         return 1
     def start_rest(self, address, size, tls=None):
         return 1
-    def set_repository(self, loader):
+    def set_repository(self, loader, api_key=None):
         pass
     def set_request_timeout(self, seconds):
         pass

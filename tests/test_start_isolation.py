@@ -129,7 +129,7 @@ def test_a_fixed_servable_becomes_ready_after_a_repository_load(
     good = make_servable("add", ADD_CONFIG, root=root)
     models.build_add(good / "1" / "add.onnx")
     broken = make_servable("broken", BROKEN_IMPORT, versions=(), root=root)
-    server = start_server(root)
+    server = start_server(root, extra=["--model-control-mode", "explicit"])
     assert _get(server, "/v2/health/ready").status_code == 503
     assert _grpc_health(server) == 2
 

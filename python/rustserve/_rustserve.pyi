@@ -73,11 +73,12 @@ class Server:
     def stop(self) -> bool:
         """Stops the listeners and executors; idempotent. False when requests in flight outlived the drain timeout."""
     def is_running(self) -> bool: ...
-    def set_repository(self, loader: Any) -> None:
+    def set_repository(self, loader: Any, api_key: str | None = None) -> None:
         """Installs the model repository of the Open Inference Protocol's repository extension.
 
         `loader.names()` lists the servable names it holds; `loader.load(name)` returns the spec dicts of every version
-        of one servable. Both are called on a blocking thread.
+        of one servable. Both are called on a blocking thread. Load and unload are refused until this is called;
+        `api_key` (not empty) makes them require `authorization: Bearer <api_key>`.
         """
     def worker_pids(self) -> list[int]:
         """Pids of the running Python worker processes (a restarting worker has none for a moment)."""

@@ -31,6 +31,7 @@ __all__ = ["main", "parse_assignment"]
 
 _DEFAULT_GRPC = "127.0.0.1:5500"
 _DEFAULT_REST = "127.0.0.1:1500"
+_REPOSITORY_KEY_ENV = "RUSTSERVE_REPOSITORY_API_KEY"
 _ADDRESS_ENV = "RUSTSERVE_GRPC_ADDRESS"  # where `infer` (and the example clients) find the server by default
 _LOG_LEVEL_HELP = "log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it"
 
@@ -136,6 +137,20 @@ def _parser() -> argparse.ArgumentParser:
         help="Python stage calls that may wait for an executor; further ones fail at once (default 10000)",
     )
     start.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit"),
+        default="none",
+        type=str.lower,
+        help="none (default): the v2 repository API only lists what is served; explicit: it may also load, reload and "
+        "unload servables of DIR (only those named by --servable, when given)",
+    )
+    start.add_argument(
+        "--repository-api-key",
+        metavar="KEY",
+        help="with --model-control-mode explicit: load and unload need the header (gRPC metadata) "
+        f"`authorization: Bearer KEY` (default ${_REPOSITORY_KEY_ENV}; prefer it: arguments show in `ps`)",
+    )
+    start.add_argument(
         "--drain-timeout-s",
         type=float,
         default=10.0,
@@ -235,7 +250,8 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
             if args.strict or len(names) == 1:
                 raise
             failures.append(name)
-            server._get_server().set_load_failure(name, str(exc))
+            # The index shows the reason to clients: without the directory's absolute path (stderr keeps it).
+            server._get_server().set_load_failure(name, server._hide_directory(str(exc), directory))
             print(f"rustserve: error: servable '{name}' not served: {exc}", file=sys.stderr, flush=True)
             continue
         specs.extend(versions)
@@ -278,8 +294,8 @@ def _start(args: argparse.Namespace) -> int:
 
     directory = os.path.abspath(args.dir)
     started = time.monotonic()
-    server._serve_in_foreground()
     try:
+        server._serve_in_foreground()
         server._native().init_logging(args.log_level)
         names = args.servable or _loader.discover_servables(directory)
         if not names:
@@ -288,6 +304,13 @@ def _start(args: argparse.Namespace) -> int:
             raise RuntimeError(f"--num-parallel-workers must be in [0, 64], got {args.num_parallel_workers}")
         if not 0 <= args.io_threads <= 64:
             raise RuntimeError(f"--io-threads must be in [0, 64], got {args.io_threads}")
+        if args.repository_api_key is not None and args.model_control_mode != "explicit":
+            raise RuntimeError("--repository-api-key needs --model-control-mode explicit (load and unload are off)")
+        api_key = (
+            args.repository_api_key if args.repository_api_key is not None else os.environ.get(_REPOSITORY_KEY_ENV)
+        )
+        if api_key == "":
+            raise RuntimeError(f"--repository-api-key (or ${_REPOSITORY_KEY_ENV}) must not be empty")
         server._set_io_threads(args.io_threads)
         ssl_config = None
         if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify_client:
@@ -302,8 +325,16 @@ def _start(args: argparse.Namespace) -> int:
         server.set_max_queued_instances(args.max_queued_instances)
         server.set_max_queued_python_calls(args.max_queued_python_calls)
         specs = _load_servables(args, directory, names)
-        # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
-        server._set_repository(directory, args.device_type, args.device_ids, args.num_parallel_workers)
+        if args.model_control_mode == "explicit":
+            # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
+            server._set_repository(
+                directory,
+                args.device_type,
+                args.device_ids,
+                args.num_parallel_workers,
+                servables=args.servable,
+                api_key=api_key,
+            )
         listeners = []
         if not args.no_grpc:
             server.start_grpc_server(args.grpc, args.max_msg_mb_size, ssl_config)

@@ -180,8 +180,9 @@ impl ServerRuntime {
             })?),
             None => None,
         };
-        // grpc.health.v1 follows v2 ServerReady: "" and both services are SERVING unless a servable failed to load
-        // (a repository load can fix that at run time, hence the re-check) and NOT_SERVING once `stop` begins.
+        // grpc.health.v1 follows v2 ServerReady: "" and both services are SERVING unless a servable failed to load or
+        // was unloaded (a repository call can change that at run time, hence the re-check) and NOT_SERVING once
+        // `stop` begins.
         let (reporter, health) = tonic_health::server::health_reporter();
         let names = [
             "",
@@ -190,7 +191,7 @@ impl ServerRuntime {
         ];
         let ready = {
             let service = service.clone();
-            move || service.is_ready() && service.registry.failure_summary().is_none()
+            move || service.readiness().is_ok()
         };
         let set_all = move |reporter: tonic_health::server::HealthReporter, status: ServingStatus| async move {
             for name in names {

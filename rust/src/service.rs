@@ -41,6 +41,13 @@ pub trait Repository: Send + Sync {
     fn load(&self, name: String) -> BoxFuture<'static, Result<Vec<ServableVersion>, ServeError>>;
 }
 
+/// The model repository behind load and unload, and the API key that guards them (none: anyone who reaches the port).
+#[derive(Clone)]
+pub struct RepositoryAccess {
+    pub repository: Arc<dyn Repository>,
+    pub api_key: Option<String>,
+}
+
 /// Routing table plus the executors requests need.
 pub struct Service {
     pub registry: Registry,
@@ -54,7 +61,8 @@ pub struct Service {
     /// Per-request timeout in milliseconds (`set_request_timeout`).
     request_timeout_ms: AtomicU64,
     stopping: AtomicBool,
-    repository: RwLock<Option<Arc<dyn Repository>>>,
+    /// Set in `--model-control-mode explicit` only: without it, load and unload are refused.
+    repository: RwLock<Option<RepositoryAccess>>,
     /// One repository load or unload at a time.
     repository_lock: tokio::sync::Mutex<()>,
 }
@@ -146,9 +154,10 @@ impl Service {
             (depth >= limit).then(|| {
                 ServeError::Overloaded(format!(
                     "Serving Error: the queue of model '{}' is full ({depth} instances queued, limit {limit}), \
-                     servable: {}, method: {}; retry later",
+                     servable: {}, version: {}, method: {}; retry later",
                     queue.model(),
                     plan.servable,
+                    plan.version,
                     plan.spec.name
                 ))
             })
@@ -293,6 +302,15 @@ impl Service {
         !self.stopping.load(Ordering::Acquire)
     }
 
+    /// Whether the server is ready for everything it was started to serve (v2 ServerReady, `/v2/health/ready`,
+    /// grpc.health.v1): the reason when not (stopping, a servable failed to load or was unloaded).
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("the server is stopping".into());
+        }
+        self.registry.not_ready_reason().map_or(Ok(()), Err)
+    }
+
     /// Marks the server as stopping (not ready), before its listeners drain.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
@@ -327,24 +345,25 @@ impl Service {
         self.metrics.render(&self.queue_depths(), self.in_flight())
     }
 
-    /// Installs the repository that `load_servable` reads from (replacing any earlier one).
-    pub fn set_repository(&self, repository: Arc<dyn Repository>) {
+    /// Installs the repository that `load_servable` reads from (replacing any earlier one): load and unload are
+    /// allowed from now on, to clients that present `api_key` when there is one.
+    pub fn set_repository(&self, repository: Arc<dyn Repository>, api_key: Option<String>) {
         *self
             .repository
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(repository);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(RepositoryAccess { repository, api_key });
     }
 
-    /// True once `set_repository` was called.
-    pub fn has_repository(&self) -> bool {
-        self.repository().is_some()
-    }
-
-    fn repository(&self) -> Option<Arc<dyn Repository>> {
+    /// The repository and its API key, once `set_repository` was called.
+    pub fn repository_access(&self) -> Option<RepositoryAccess> {
         self.repository
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    fn repository(&self) -> Option<Arc<dyn Repository>> {
+        self.repository_access().map(|access| access.repository)
     }
 
     /// Names of the servables in the repository; empty without one.

@@ -447,10 +447,6 @@ def _start_keeper() -> None:
         return
     if _state.stopped.is_set():
         _state.stopped = threading.Event()
-    if _state.wake is None:
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        _state.wake = (read_end, write_end)
     _state.keeper = threading.Thread(target=_keep, args=(_state.stopped,), name="rustserve-serving", daemon=False)
     _state.keeper.start()
 
@@ -458,8 +454,14 @@ def _start_keeper() -> None:
 def _keep_serving() -> None:
     """After any start call: a non-daemon thread keeps the process alive until `stop()`, as in MindSpore."""
     with _state.lock:
-        _start_keeper()
+        if _state.wake is None:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            _state.wake = (read_end, write_end)
+        # NOTE: handlers first, keeper second. A signal before the handlers has its default effect (the process
+        # ends: nothing keeps it); one after them reaches the keeper through the pipe, even before it reads.
         _install_signal_handlers()
+        _start_keeper()
         if not _state.atexit_registered:
             atexit.register(stop)
             _state.atexit_registered = True
@@ -516,6 +518,11 @@ def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
     _keep_serving()
 
 
+def _hide_directory(text: str, directory: str) -> str:
+    """`text` with the absolute servable directory left out: errors that clients see name servables and files only."""
+    return text.replace(directory + os.sep, "").replace(directory, "<servable directory>")
+
+
 class _Repository:
     """The servable directory behind the Open Inference Protocol's model-repository extension.
 
@@ -529,6 +536,7 @@ class _Repository:
         device_ids: CUDA devices for "gpu".
         num_parallel_workers: Python stage executors per loaded servable version (n > 1 adds n - 1 worker
             processes, which stop when that version is unloaded or replaced).
+        servables: The only servables that may ever be loaded (`--servable`); None: every one of the directory.
     """
 
     def __init__(
@@ -537,21 +545,24 @@ class _Repository:
         device_type: DeviceType = "cpu",
         device_ids: Sequence[int] = (),
         num_parallel_workers: int = 0,
+        servables: Sequence[str] | None = None,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.device_type: DeviceType = device_type
         self.device_ids = list(device_ids)
         self.num_parallel_workers = num_parallel_workers
+        self.servables = None if servables is None else frozenset(servables)
 
     def names(self) -> list[str]:
-        """The servables of the directory (subdirectories with a servable_config.py).
+        """The servables of the directory (subdirectories with a servable_config.py), `servables` only if given.
 
         Returns:
             The names, sorted.
         """
         from rustserve.server._loader import discover_servables
 
-        return discover_servables(self.directory)
+        found = discover_servables(self.directory)
+        return found if self.servables is None else [name for name in found if name in self.servables]
 
     def load(self, name: str) -> list[ServableSpec]:
         """Imports servable `name` afresh and builds the specs of all its versions.
@@ -563,37 +574,52 @@ class _Repository:
             One spec per version directory.
 
         Raises:
-            RuntimeError: The config or a model file is missing or broken (the loader's texts).
+            RuntimeError: The servable may not be loaded, or its config or a model file is missing or broken (the
+                loader's texts, without the directory's absolute path).
         """
-        specs = ServableLoader().load_all_versions(
-            self.directory,
-            name,
-            device_type=self.device_type,
-            device_ids=self.device_ids,
-            num_parallel_workers=self.num_parallel_workers,
-        )
-        if any(spec["models"] for spec in specs):
-            from rustserve.server import _ort
+        if self.servables is not None and name not in self.servables:
+            raise RuntimeError(f"servable '{name}' is not one this server was started to serve")
+        try:
+            specs = ServableLoader().load_all_versions(
+                self.directory,
+                name,
+                device_type=self.device_type,
+                device_ids=self.device_ids,
+                num_parallel_workers=self.num_parallel_workers,
+            )
+            if any(spec["models"] for spec in specs):
+                from rustserve.server import _ort
 
-            _native().init_onnxruntime(_ort.find_onnxruntime_library())
-            if self.device_type == "gpu":
-                _ort.preload_cuda_libraries()
+                _native().init_onnxruntime(_ort.find_onnxruntime_library())
+                if self.device_type == "gpu":
+                    _ort.preload_cuda_libraries()
+        except Exception as exc:
+            raise RuntimeError(_hide_directory(str(exc), self.directory)) from None
         return specs
 
 
 def _set_repository(
-    directory: str, device_type: DeviceType = "cpu", device_ids: Sequence[int] = (), num_parallel_workers: int = 0
+    directory: str,
+    device_type: DeviceType = "cpu",
+    device_ids: Sequence[int] = (),
+    num_parallel_workers: int = 0,
+    servables: Sequence[str] | None = None,
+    api_key: str | None = None,
 ) -> None:
     """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
-    load, reload and unload the servables of `directory` while the server runs.
+    load, reload and unload the servables of `directory` while the server runs (`--model-control-mode explicit`);
+    without this call, load and unload are refused.
 
     Args:
         directory: The servable directory.
         device_type: Where the models of loaded servables run.
         device_ids: CUDA devices for "gpu".
         num_parallel_workers: Python stage executors per loaded servable version.
+        servables: The only servables that may be loaded; None: every servable of the directory.
+        api_key: When given, load and unload need `authorization: Bearer <api_key>`.
     """
-    _get_server().set_repository(_Repository(directory, device_type, device_ids, num_parallel_workers))
+    repository = _Repository(directory, device_type, device_ids, num_parallel_workers, servables)
+    _get_server().set_repository(repository, api_key)
 
 
 @_stop_on_except

@@ -168,7 +168,11 @@ impl ModelQueue {
         }
         let signature = signature
             .ok_or_else(|| ServeError::Config(format!("model file '{}': no device to load it on", path.display())))?;
-        ModelQueue::with_runners(&path.display().to_string(), signature, cfg, runners)
+        // NOTE: the name appears in client-facing errors, so the file name only, never the server's directory layout.
+        let name = path
+            .file_name()
+            .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+        ModelQueue::with_runners(&name, signature, cfg, runners)
     }
 
     /// Starts a batch thread for any runner; `model` names the model in errors (normally its file path).

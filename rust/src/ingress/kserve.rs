@@ -41,6 +41,10 @@ pub enum Status {
     Internal,
     /// HTTP 504, gRPC DEADLINE_EXCEEDED.
     Timeout,
+    /// HTTP 401, gRPC UNAUTHENTICATED.
+    Unauthenticated,
+    /// HTTP 403, gRPC PERMISSION_DENIED.
+    Forbidden,
 }
 
 /// A v2 error: status plus the client-facing text.
@@ -268,9 +272,7 @@ pub fn describe(service: &Service, resolved: &Resolved) -> ModelDescription {
         if let StageKind::Model { model, subgraph } = stage.kind
             && let Some(queue) = plan.models.queue(model, subgraph)
         {
-            let file = std::path::Path::new(queue.model())
-                .file_name()
-                .map_or_else(|| queue.model().to_owned(), |f| f.to_string_lossy().into_owned());
+            let file = queue.model().to_owned();
             if !model_files.contains(&file) {
                 model_files.push(file);
             }
@@ -480,19 +482,60 @@ pub async fn index(service: &Service, ready_only: bool) -> Result<Vec<IndexEntry
     Ok(entries)
 }
 
+/// The header (REST) and metadata key (gRPC) that carries the repository API key, as `Bearer <key>`.
+pub const REPOSITORY_KEY_HEADER: &str = "authorization";
+
+/// Load and unload are allowed only with a repository (`--model-control-mode explicit`) and, when it has an API key,
+/// with that key presented as `Bearer <key>` (compared in constant time).
+pub fn authorize_repository(service: &Service, presented: Option<&[u8]>) -> Result<(), V2Error> {
+    let Some(access) = service.repository_access() else {
+        return Err(V2Error::new(
+            Status::Forbidden,
+            "model load and unload are disabled on this server (model control mode 'none', the default): start it \
+             with `rustserve start --model-control-mode explicit` to allow them",
+        ));
+    };
+    let Some(key) = access.api_key.as_deref() else {
+        return Ok(());
+    };
+    let token = presented.and_then(bearer_token).unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(token, key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(V2Error::new(
+            Status::Unauthenticated,
+            "model load and unload need this server's repository API key: send it as `authorization: Bearer <key>` \
+             (an HTTP header, or gRPC metadata)",
+        ))
+    }
+}
+
+/// The token of an `authorization` value `Bearer <token>` (the scheme's case ignored).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| value[7..].trim_ascii())
+}
+
+/// The first load parameter rustserve refuses: `config` or a `file:<path>` override (names compared without case),
+/// since servables load from the repository directory only.
+pub fn refused_load_parameter<'a>(mut keys: impl Iterator<Item = &'a String>) -> Result<(), V2Error> {
+    match keys.find(|k| k.eq_ignore_ascii_case("config") || k.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("file:")))
+    {
+        Some(key) => Err(V2Error::bad(format!(
+            "load parameter '{key}' is not supported: rustserve loads servables from the repository directory only"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Loads (or reloads) the servable of `model` from the repository.
 pub async fn load(service: &Service, model: &str) -> Result<(), V2Error> {
-    if !service.has_repository() {
-        return Err(V2Error::bad(
-            "this server has no model repository to load from: start it with `rustserve start --dir DIR`",
-        ));
-    }
     let servable = servable_of(model);
     let names = service.repository_names().await.map_err(V2Error::from)?;
     if !names.iter().any(|n| n == servable) {
+        // NOTE: the text never lists the repository: its folder names are the operator's, not the client's.
         return Err(V2Error::not_found(format!(
-            "model '{model}' is not in the model repository (it holds: {})",
-            names.join(", ")
+            "model '{model}' is not in the model repository of this server"
         )));
     }
     service.load_servable(servable).await.map_err(|err| match err {

@@ -24,6 +24,8 @@ fn status(err: V2Error) -> Status {
         V2Status::Unavailable => tonic::Code::Unavailable,
         V2Status::Internal => tonic::Code::Internal,
         V2Status::Timeout => tonic::Code::DeadlineExceeded,
+        V2Status::Unauthenticated => tonic::Code::Unauthenticated,
+        V2Status::Forbidden => tonic::Code::PermissionDenied,
     };
     Status::new(code, err.message)
 }
@@ -39,7 +41,7 @@ impl GrpcInferenceService for KserveGrpc {
     async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
         // A servable that failed to load at start-up keeps the server "not ready" (the others still serve).
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.service.is_ready() && self.service.registry.failure_summary().is_none(),
+            ready: self.service.readiness().is_ok(),
         }))
     }
 
@@ -127,16 +129,9 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
+        authorize(&self.service, &request)?;
         let request = request.into_inner();
-        if let Some(key) = request
-            .parameters
-            .keys()
-            .find(|k| *k == "config" || k.starts_with("file:"))
-        {
-            return Err(status(V2Error::bad(format!(
-                "load parameter '{key}' is not supported: rustserve loads servables from the repository directory only"
-            ))));
-        }
+        kserve::refused_load_parameter(request.parameters.keys()).map_err(status)?;
         kserve::load(&self.service, &request.model_name).await.map_err(status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
@@ -145,6 +140,7 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
+        authorize(&self.service, &request)?;
         let request = request.into_inner();
         kserve::unload(&self.service, &request.model_name)
             .await
@@ -158,4 +154,13 @@ pub fn kserve_service(service: Arc<Service>, max_bytes: usize) -> GrpcInferenceS
     GrpcInferenceServiceServer::new(KserveGrpc { service })
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes)
+}
+
+/// The repository API key check of load and unload, from the request's `authorization` metadata.
+fn authorize<T>(service: &Service, request: &Request<T>) -> Result<(), Status> {
+    let presented = request
+        .metadata()
+        .get(kserve::REPOSITORY_KEY_HEADER)
+        .map(tonic::metadata::MetadataValue::as_bytes);
+    kserve::authorize_repository(service, presented).map_err(status)
 }

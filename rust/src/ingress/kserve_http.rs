@@ -35,6 +35,8 @@ fn status_code(status: Status) -> StatusCode {
         Status::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Status::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Status::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Status::Forbidden => StatusCode::FORBIDDEN,
     }
 }
 
@@ -141,13 +143,11 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<V2State>) -> Response {
-    if !state.service.is_ready() {
-        return error(&V2Error::new(Status::Unavailable, "the server is stopping"));
-    }
-    // A servable that failed to load at start-up keeps the server "not ready" (the others still serve).
-    match state.service.registry.failure_summary() {
-        Some(summary) => error(&V2Error::new(Status::Unavailable, summary)),
-        None => json(&serde_json::json!({"ready": true})),
+    // A servable that failed to load at start-up, or was unloaded since, keeps the server "not ready" (the others
+    // still serve).
+    match state.service.readiness() {
+        Ok(()) => json(&serde_json::json!({"ready": true})),
+        Err(reason) => error(&V2Error::new(Status::Unavailable, reason)),
     }
 }
 
@@ -318,8 +318,11 @@ async fn repository_index(State(state): State<V2State>, body: Body) -> Response 
     )
 }
 
-/// Checks a load / unload body: empty or a JSON object whose `parameters` ask for nothing rustserve cannot do.
-async fn repository_body(state: &V2State, body: Body, load: bool) -> Result<(), V2Error> {
+/// Checks the API key, then a load / unload body: empty or a JSON object whose `parameters` ask for nothing
+/// rustserve cannot do.
+async fn repository_request(state: &V2State, headers: &HeaderMap, body: Body, load: bool) -> Result<(), V2Error> {
+    let presented = headers.get(kserve::REPOSITORY_KEY_HEADER).map(HeaderValue::as_bytes);
+    kserve::authorize_repository(&state.service, presented)?;
     let bytes = read_body(state, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
@@ -327,19 +330,14 @@ async fn repository_body(state: &V2State, body: Body, load: bool) -> Result<(), 
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(V2Error::bad("the request body must be a JSON object"));
     };
-    if load
-        && let Some(Value::Object(parameters)) = map.get("parameters")
-        && let Some(key) = parameters.keys().find(|k| *k == "config" || k.starts_with("file:"))
-    {
-        return Err(V2Error::bad(format!(
-            "load parameter '{key}' is not supported: rustserve loads servables from the repository directory only"
-        )));
+    if load && let Some(Value::Object(parameters)) = map.get("parameters") {
+        kserve::refused_load_parameter(parameters.keys())?;
     }
     Ok(())
 }
 
-async fn load(State(state): State<V2State>, Path(model): Path<String>, body: Body) -> Response {
-    if let Err(err) = repository_body(&state, body, true).await {
+async fn load(State(state): State<V2State>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(err) = repository_request(&state, &headers, body, true).await {
         return error(&err);
     }
     match kserve::load(&state.service, &model).await {
@@ -348,8 +346,8 @@ async fn load(State(state): State<V2State>, Path(model): Path<String>, body: Bod
     }
 }
 
-async fn unload(State(state): State<V2State>, Path(model): Path<String>, body: Body) -> Response {
-    if let Err(err) = repository_body(&state, body, false).await {
+async fn unload(State(state): State<V2State>, Path(model): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(err) = repository_request(&state, &headers, body, false).await {
         return error(&err);
     }
     match kserve::unload(&state.service, &model).await {

@@ -212,13 +212,22 @@ impl PyServer {
     /// Installs the model repository that the Open Inference Protocol's repository extension loads servables from:
     /// `loader.names()` lists the servable names it holds, `loader.load(name)` returns the spec dicts of every version
     /// of one servable (importing its servable_config.py). Both are called on a blocking thread, never on a tokio
-    /// worker.
-    fn set_repository(&self, loader: Py<PyAny>) {
-        self.service.set_repository(Arc::new(PyRepository {
+    /// worker. Load and unload are refused until this is called (`--model-control-mode none`); `api_key` (not empty)
+    /// makes them require `authorization: Bearer <api_key>`.
+    #[pyo3(signature = (loader, api_key = None))]
+    fn set_repository(&self, loader: Py<PyAny>, api_key: Option<String>) -> PyResult<()> {
+        if api_key.as_deref().is_some_and(str::is_empty) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "the repository API key must not be empty",
+            ));
+        }
+        let repository = Arc::new(PyRepository {
             loader: Arc::new(loader),
             executor: self.executor.clone(),
             dispatcher: self.dispatcher.clone(),
-        }));
+        });
+        self.service.set_repository(repository, api_key);
+        Ok(())
     }
 
     /// (name, version, method names) of every loaded servable version.

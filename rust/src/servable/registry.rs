@@ -4,7 +4,7 @@
 //! say which one is not serving and why.
 
 use super::ServableVersion;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// The table every request is routed through.
@@ -13,11 +13,15 @@ pub struct Registry {
     servables: RwLock<HashMap<String, BTreeMap<u64, Arc<ServableVersion>>>>,
     /// servable name -> why it failed to load (start-up with `rustserve start`, which keeps the others serving).
     failures: RwLock<BTreeMap<String, String>>,
+    /// The servables the server was started to serve: while one has no loaded version (unloaded through the
+    /// repository API), the server is not ready.
+    expected: RwLock<BTreeSet<String>>,
 }
 
 impl Registry {
-    /// Adds or replaces a servable version.
+    /// Adds or replaces a servable version the server was started with (readiness then expects its servable).
     pub fn insert(&self, servable: ServableVersion) {
+        self.expect(&servable.name);
         let mut table = self
             .servables
             .write()
@@ -78,8 +82,16 @@ impl Registry {
         self.replace(name, Vec::new())
     }
 
+    fn expect(&self, name: &str) {
+        self.expected
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
+    }
+
     /// Records that servable `name` failed to load, with the reason (the full error text).
     pub fn set_failure(&self, name: &str, reason: &str) {
+        self.expect(name);
         self.failures
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -126,6 +138,27 @@ impl Registry {
         ))
     }
 
+    /// Why the server is not ready for everything it was started to serve: a servable that failed to load, or one
+    /// that was unloaded and not loaded again; `None` when all serve.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(summary) = self.failure_summary() {
+            return Some(summary);
+        }
+        let table = self.servables.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let expected = self.expected.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|name| table.get(*name).is_none_or(BTreeMap::is_empty))
+            .map(|name| format!("'{name}'"))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "servable(s) {} not loaded (unloaded through the repository API; load to serve again)",
+                missing.join(", ")
+            )
+        })
+    }
+
     /// Drops every servable (their model threads stop when the last request holding them ends).
     pub fn clear(&self) {
         self.servables
@@ -161,6 +194,24 @@ mod tests {
         assert!(registry.get("add", 3).is_none());
         assert!(registry.get("nope", 0).is_none());
         assert_eq!(registry.all().len(), 3);
+    }
+
+    #[test]
+    fn an_unloaded_start_up_servable_makes_the_server_not_ready() {
+        let registry = Registry::default();
+        registry.insert(version("add", 1));
+        // Loaded later through the repository: not expected.
+        registry.replace("extra", vec![version("extra", 1)]);
+        assert!(registry.not_ready_reason().is_none());
+        registry.remove("extra");
+        assert!(registry.not_ready_reason().is_none());
+        registry.remove("add");
+        assert_eq!(
+            registry.not_ready_reason().as_deref(),
+            Some("servable(s) 'add' not loaded (unloaded through the repository API; load to serve again)")
+        );
+        registry.replace("add", vec![version("add", 2)]);
+        assert!(registry.not_ready_reason().is_none());
     }
 
     #[test]
