@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fault injection: kill Python worker processes at random while requests are in flight; no answer may be lost.
 
-Starts `rustserve start --dir examples/servables --servable add --num-parallel-workers N` (N - 1 worker processes
-next to the server's Python thread) and drives `add.add_cast` (a Python stage, the model, a Python stage) over all
+Starts `rustserve start --dir examples/servables --servable add --num-parallel-workers N` (N worker processes,
+which alone run its Python stages) and drives `add.add_cast` (a Python stage, the model, a Python stage) over all
 four wires from client threads, every answer checked against its inputs (see scripts/soak.py). Meanwhile a killer
 sends SIGKILL or SIGTERM to a random worker every 0.2-1.5 s. A request whose stage was on the killed worker must fail
 with the clear "Python worker process ... exited" error; every other request must succeed.
@@ -54,7 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load with kills (default 60)")
     parser.add_argument("--threads", type=int, default=8, help="client threads (default 8)")
-    parser.add_argument("--workers", type=int, default=3, help="--num-parallel-workers (default 3: 2 processes)")
+    parser.add_argument("--workers", type=int, default=3, help="--num-parallel-workers (default 3: 3 processes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the killer's choices")
     args = parser.parse_args()
     if args.workers < 2:

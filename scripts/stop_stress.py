@@ -7,7 +7,7 @@ servable, on free loopback ports, then sends SIGINT or SIGTERM (chosen at random
 - `startup`: at a random time while the server starts (before or around its ready line);
 - `ready`: as soon as the ready line is printed;
 - `load`: while client threads send requests over REST (Python stages and the model);
-- `workers`: with `--num-parallel-workers 3` (two worker processes), at a random moment, under load half the time.
+- `workers`: with `--num-parallel-workers 3` (three worker processes), at a random moment, under load half the time.
 
 A process that has not exited `--drain-timeout-s` + 5 s after the signal is a hang: its thread stacks are printed
 (py-spy, when installed) and it is killed. A stop must also end with status 0 once the server was ready; before that,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,8 +47,8 @@ v2_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
 v2_pb2_grpc = pytest.importorskip("tritonclient.grpc.service_pb2_grpc")
 
 LIMIT_MB = 1
-# Worker processes: one per os._exit row, so a live worker is always there while a dead one backs off.
-WORKERS = 4
+# Worker processes: one per os._exit row plus one, so a live worker is always there while a dead one backs off.
+WORKERS = 5
 TIMEOUT_S = 2
 TIMEOUT_TEXT = "request timed out after 2.000 s (request timeout), servable: bad, method: sleep"
 OVER_LIMIT = (LIMIT_MB << 20) + 4096
@@ -136,7 +135,7 @@ import sys
 
 from rustserve.cli import main
 
-flags = ["--num-parallel-workers", "{WORKERS + 1}", "--max-msg-mb-size", "{LIMIT_MB}"]
+flags = ["--num-parallel-workers", "{WORKERS}", "--max-msg-mb-size", "{LIMIT_MB}"]
 flags += ["--request-timeout-s", "{TIMEOUT_S}"]
 sys.exit(main([*sys.argv[1:], *flags]))
 """
@@ -426,20 +425,12 @@ def _wait_for_workers(server_pid: int, count: int, timeout: float = 30.0) -> Non
     pytest.fail(f"fewer than {count} worker processes after {timeout:.0f} s")
 
 
-def _with_gil_busy(call: Callable[[Wires], tuple[str, str]]) -> Callable[[Wires], tuple[str, str]]:
-    """Runs `call` while the server's Python thread sleeps in another request, so the stage goes to the worker."""
+def _on_a_worker(call: Callable[[Wires], tuple[str, str]]) -> Callable[[Wires], tuple[str, str]]:
+    """Runs `call` once the server's worker processes are up (with workers, every Python stage runs in one)."""
 
     def send(w: Wires) -> tuple[str, str]:
-        _wait_for_workers(w.server_pid, WORKERS - 1)
-        box: dict[str, tuple[str, str]] = {}
-        sleeper = threading.Thread(target=lambda: box.setdefault("sleep", w.ms_x("sleep", np.full(2, 0.5, np.float32))))
-        sleeper.start()
-        time.sleep(0.2)
-        try:
-            return call(w)
-        finally:
-            sleeper.join(RPC_TIMEOUT_S)
-            assert box.get("sleep", ("missing", ""))[0] == "ok", box
+        _wait_for_workers(w.server_pid, WORKERS)
+        return call(w)
 
     return send
 
@@ -1007,28 +998,28 @@ def _rows() -> list[Row]:
     add(
         "os._exit in a worker process",
         "ms_grpc",
-        _with_gil_busy(lambda w: w.ms_x("exit_worker")),
+        _on_a_worker(lambda w: w.ms_x("exit_worker")),
         f"ms:{WORKER_UNAVAILABLE}",
         exit_text,
     )
     add(
         "os._exit in a worker process",
         "ms_rest",
-        _with_gil_busy(lambda w: w.rest("/model/bad:exit_worker", {"instances": [{"x": [1.0, 1.0]}]})),
+        _on_a_worker(lambda w: w.rest("/model/bad:exit_worker", {"instances": [{"x": [1.0, 1.0]}]})),
         "ms:rest",
         exit_text,
     )
     add(
         "os._exit in a worker process",
         "v2_rest",
-        _with_gil_busy(lambda w: w.v2_rest("bad.exit_worker", v2_stage)),
+        _on_a_worker(lambda w: w.v2_rest("bad.exit_worker", v2_stage)),
         "http:503",
         exit_text,
     )
     add(
         "os._exit in a worker process",
         "v2_grpc",
-        _with_gil_busy(lambda w: w.v2_grpc_x("exit_worker")),
+        _on_a_worker(lambda w: w.v2_grpc_x("exit_worker")),
         "UNAVAILABLE",
         exit_text,
     )

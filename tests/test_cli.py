@@ -403,11 +403,11 @@ def _serve_add_with(
 def test_start_num_parallel_workers(
     make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    """--num-parallel-workers 3 gives a servable with Python stages two worker processes (which answer like the
+    """--num-parallel-workers 3 gives a servable with Python stages three worker processes (which answer like the
     server's own Python thread); a value outside [0, 64] is refused before anything loads."""
     folder, server = _serve_add_with(make_servable, start_server, tmp_path, "--num-parallel-workers", "3")
     workers = worker_pids(server.proc.pid, "add")
-    assert len(workers) == 2, workers
+    assert len(workers) == 3, workers
     done = run_cli("infer", "--address", server.grpc_address, "--servable", "add", "--method", "add_cast",
                    "x1=[[1, 2], [3, 4]]", "x2=[[1, 1], [1, 1]]")  # fmt: skip
     assert done.returncode == 0 and json.loads(done.stdout) == {"y": [[2, 3], [4, 5]]}, done.stderr

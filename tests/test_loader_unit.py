@@ -108,6 +108,7 @@ def test_load_newest_version_spec(add_dir: Path) -> None:
         "version_dir": version_dir,
         "servable_directory": str(add_dir),
         "num_parallel_workers": 0,
+        "python_in_process": True,
         "models": [
             {
                 "key": "add.onnx",

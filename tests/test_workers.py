@@ -1,20 +1,19 @@
-"""Python worker processes (`num_parallel_workers`) and cross-request batching of Python batch stages.
+"""Python worker processes (`num_parallel_workers`, `python_in_process`) and cross-request batching of Python batch
+stages.
 
 Servers here are started the MindSpore way, by a script calling `server.start_servables(ServableStartConfig(...,
 num_parallel_workers=n))`, and answer over real gRPC. Which process ran a stage is observable: the `wk` stages
-return `os.getpid()`. To send a call to a worker deterministically, `gil_busy` first parks a call on the server's
-Python thread (the dispatcher prefers it when it is idle), so everything sent meanwhile goes to a worker.
+return `os.getpid()`. With n > 1 executors, or `python_in_process=False`, every stage call runs in a worker process
+and none in the server, so a stage that crashes the interpreter costs only its worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -74,11 +73,17 @@ def exit_in_worker(x):
     return np.int64(os.getpid())
 
 
-def hold(path):
-    open(path + ".started", "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+def crash(x, how):
+    """Ends the interpreter the hard way: a segfault, an abort or an exit status (only ever run in a worker)."""
+    import ctypes
+
+    how = str(how)
+    if how == "segfault":
+        ctypes.string_at(0)
+    elif how == "abort":
+        os.abort()
+    else:
+        os._exit(3)
     return np.int64(os.getpid())
 
 
@@ -111,8 +116,8 @@ def exit_worker(x):
 
 
 @register.register_method(output_names=["pid"])
-def hold_gil(path):
-    return register.add_stage(hold, path, outputs_count=1)
+def crash_worker(x, how):
+    return register.add_stage(crash, x, how, outputs_count=1)
 '''
 
 LAUNCHER = '''
@@ -131,7 +136,9 @@ args = parser.parse_args()
 # As `rustserve start` does: SIGTERM only stops the server, even while this script is still finishing.
 server._serve_in_foreground()
 configs = [
-    server.ServableStartConfig(args.dir, name, num_parallel_workers={workers})
+    server.ServableStartConfig(
+        args.dir, name, num_parallel_workers={workers}, python_in_process={in_process}
+    )
     for name in _loader.discover_servables(args.dir)
 ]
 server.start_servables(configs)
@@ -141,11 +148,12 @@ print("rustserve: serving (test launcher, num_parallel_workers={workers})", flus
 '''
 
 
-def launcher(folder: Path, workers: int) -> list[str]:
-    """The command of a launcher script that serves `--dir` with `num_parallel_workers=workers`."""
+def launcher(folder: Path, workers: int, in_process: bool = True) -> list[str]:
+    """The command of a launcher script that serves `--dir` with `num_parallel_workers=workers` and
+    `python_in_process=in_process`."""
     folder.mkdir(parents=True, exist_ok=True)
-    script = folder / f"serve_{workers}.py"
-    script.write_text(textwrap.dedent(LAUNCHER).format(workers=workers))
+    script = folder / f"serve_{workers}_{in_process}.py"
+    script.write_text(textwrap.dedent(LAUNCHER).format(workers=workers, in_process=in_process))
     return [sys.executable, str(script)]
 
 
@@ -186,29 +194,6 @@ def concurrently(calls: Sequence[Callable[[], Any]]) -> list[Any]:
         return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
-@contextlib.contextmanager
-def gil_busy(grpc: Grpc, tmp: Path, server_pid: int) -> Iterator[None]:
-    """Keeps the server's Python thread busy with a `hold` call, so calls made inside go to worker processes."""
-    fd, name = tempfile.mkstemp(prefix="hold-", dir=tmp)
-    os.close(fd)
-    os.unlink(name)
-    release = Path(name)
-    box: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: box.setdefault("reply", grpc.predict("wk", "hold_gil", [{"path": str(release)}])),
-        daemon=True,
-    )
-    thread.start()
-    try:
-        wait_for(lambda: Path(f"{release}.started").exists(), "the hold stage to start")
-        yield
-    finally:
-        release.touch()
-        thread.join(60)
-    (out,) = grpc.ok(box["reply"], 1)
-    assert int(out["pid"]) == server_pid, "the hold call should have run on the server's Python thread"
-
-
 # --- fixtures ----------------------------------------------------------------------------------------------------
 
 
@@ -218,11 +203,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tree(tmp_path_factory.mktemp("workers-tree"))
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["gil-thread-only", "with-worker-process"])
+@pytest.fixture(scope="module", params=[1, 2], ids=["gil-thread-only", "worker-processes"])
 def any_server(
     request: pytest.FixtureRequest, tree: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """A server on `tree` with num_parallel_workers 1 (the Python thread only) or 2 (plus one worker)."""
+    """A server on `tree` with num_parallel_workers 1 (the Python thread only) or 2 (two worker processes)."""
     workers = request.param
     logs = tmp_path_factory.mktemp(f"workers-{workers}")
     server = launch_server(tree, logs, command=launcher(logs, workers))
@@ -232,10 +217,20 @@ def any_server(
 
 
 @pytest.fixture(scope="module")
+def gil_server(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on `tree` whose Python stages run on its own Python thread (one executor, the default)."""
+    logs = tmp_path_factory.mktemp("workers-gil")
+    server = launch_server(tree, logs, command=launcher(logs, 1))
+    yield server
+    assert server.alive(), server.describe()
+    assert server.stop(signal.SIGTERM) == 0, server.describe()
+
+
+@pytest.fixture(scope="module")
 def worker_server(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server on `tree` with num_parallel_workers=2: the Python thread plus one worker process."""
-    logs = tmp_path_factory.mktemp("workers-2b")
-    server = launch_server(tree, logs, command=launcher(logs, 2))
+    """A server on `tree` with one executor and python_in_process=False: one worker process per servable."""
+    logs = tmp_path_factory.mktemp("workers-1-out")
+    server = launch_server(tree, logs, command=launcher(logs, 1, in_process=False))
     yield server
     assert server.alive(), server.describe()
     assert server.stop(signal.SIGTERM) == 0, server.describe()
@@ -263,10 +258,10 @@ def grpc_for(pb2_modules: tuple[Any, Any]) -> Iterator[Callable[[ServerProcess],
 def test_every_executor_serves_under_load(
     workers: int, tree: Path, tmp_path: Path, grpc_for: Callable[[ServerProcess], Grpc]
 ) -> None:
-    """n executors = the server's Python thread + (n - 1) worker processes, each of which answers requests."""
+    """n executors = n worker processes, each of which answers requests; the server process runs no stage."""
     server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, workers))
     try:
-        children = wait_for_workers(server, workers - 1)
+        children = wait_for_workers(server, workers)
         grpc = grpc_for(server)
         values = [float(i) for i in range(20 * workers)]
         replies = concurrently([lambda v=v: grpc.predict("wk", "pid", [vec(v)]) for v in values])
@@ -275,28 +270,27 @@ def test_every_executor_serves_under_load(
             (out,) = grpc.ok(reply, 1)
             np.testing.assert_array_equal(out["y"], vec(value)["x"] * 2)
             pids.add(int(out["pid"]))
-        assert pids == {server.proc.pid, *children}
+        assert pids == set(children)
     finally:
         assert server.stop(signal.SIGTERM) == 0, server.describe()
 
 
 def test_model_call_from_a_worker_process(
-    worker_server: ServerProcess, grpc_for: Callable[[ServerProcess], Grpc], tmp_path: Path
+    gil_server: ServerProcess, worker_server: ServerProcess, grpc_for: Callable[[ServerProcess], Grpc]
 ) -> None:
     """`Model.call` inside a worker runs on the server's batcher and answers like it does on the Python thread."""
-    grpc = grpc_for(worker_server)
-    (worker,) = wait_for_workers(worker_server, 1)
     x = vec(1.5)["x"]
     expected = {"single": x * 2, "second": x * 3}
-    (on_gil,) = grpc.ok(grpc.predict("wk", "model_call", [{"x": x}]), 1)
-    with gil_busy(grpc, tmp_path, worker_server.proc.pid):
-        reply = grpc.predict("wk", "model_call", [{"x": x}, {"x": x + 1}])
-    on_worker = grpc.ok(reply, 2)
-    assert int(on_gil["pid"]) == worker_server.proc.pid
+    on_gil = grpc_for(gil_server).ok(grpc_for(gil_server).predict("wk", "model_call", [{"x": x}, {"x": x + 1}]), 2)
+    (worker,) = wait_for_workers(worker_server, 1)
+    grpc = grpc_for(worker_server)
+    on_worker = grpc.ok(grpc.predict("wk", "model_call", [{"x": x}, {"x": x + 1}]), 2)
+    assert [int(out["pid"]) for out in on_gil] == [gil_server.proc.pid] * 2
     assert [int(out["pid"]) for out in on_worker] == [worker, worker]
     for name, value in expected.items():
-        np.testing.assert_array_equal(on_gil[name], value)
+        np.testing.assert_array_equal(on_gil[0][name], value)
         np.testing.assert_array_equal(on_worker[0][name], value)
+    np.testing.assert_array_equal(on_gil[1]["second"], (x + 1) * 3)
     np.testing.assert_array_equal(on_worker[1]["second"], (x + 1) * 3)
 
 
@@ -335,16 +329,16 @@ CONVENTION_CASES: list[tuple[str, list[Any]]] = [
 
 
 def test_worker_stage_conventions_match_the_python_thread(
-    worker_server: ServerProcess, grpc_for: Callable[[ServerProcess], Grpc], tmp_path: Path
+    gil_server: ServerProcess, worker_server: ServerProcess, grpc_for: Callable[[ServerProcess], Grpc]
 ) -> None:
     """Per-instance / batch / generator calls, exceptions, contract violations and conversions: same replies."""
+    on_gil = grpc_for(gil_server)
+    expected = [on_gil.predict("pystages", method, instances) for method, instances in CONVENTION_CASES]
     grpc = grpc_for(worker_server)
     (worker,) = wait_for_workers(worker_server, 1)
-    expected = [grpc.predict("pystages", method, instances) for method, instances in CONVENTION_CASES]
-    with gil_busy(grpc, tmp_path, worker_server.proc.pid):
-        (probe,) = grpc.ok(grpc.predict("wk", "pid", [vec(0)]), 1)
-        got = [grpc.predict("pystages", method, instances) for method, instances in CONVENTION_CASES]
-    assert int(probe["pid"]) == worker, "calls made while the Python thread is busy should run on the worker"
+    (probe,) = grpc.ok(grpc.predict("wk", "pid", [vec(0)]), 1)
+    got = [grpc.predict("pystages", method, instances) for method, instances in CONVENTION_CASES]
+    assert int(probe["pid"]) == worker, "with python_in_process=False every call should run on the worker"
     for (method, _), want, have in zip(CONVENTION_CASES, expected, got, strict=True):
         assert grpc.errors(have) == grpc.errors(want), method
         for a, b in zip(grpc.outputs(have), grpc.outputs(want), strict=True):
@@ -360,11 +354,11 @@ def test_worker_stage_conventions_match_the_python_thread(
 def test_killed_worker_fails_its_calls_and_restarts(
     tree: Path, tmp_path: Path, grpc_for: Callable[[ServerProcess], Grpc]
 ) -> None:
-    """kill -9 on a busy worker: its call fails at once with a clear error, the other executor's call succeeds,
+    """kill -9 on a busy worker: its call fails at once with a clear error, the other worker's call succeeds,
     the worker comes back, and later calls run on the new worker."""
     server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, 2))
     try:
-        (worker,) = wait_for_workers(server, 1)
+        workers = wait_for_workers(server, 2)
         grpc = grpc_for(server)
         stage_seconds = 3.0  # sleep_pid sleeps for the sum of x, after dropping a file named by its pid in marks
         marks = tmp_path / "marks"
@@ -378,9 +372,9 @@ def test_killed_worker_fails_its_calls_and_restarts(
 
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(call, i) for i in range(2)]
-            running = {str(server.proc.pid), str(worker)}
-            wait_for(lambda: set(os.listdir(marks)) == running, "a call running on each executor")
+            wait_for(lambda: set(os.listdir(marks)) == {str(w) for w in workers}, "a call running on each worker")
             killed_at = time.monotonic()
+            worker, survivor = workers
             os.kill(worker, signal.SIGKILL)
             replies = [f.result() for f in futures]
         failed = [i for i, reply in enumerate(replies) if grpc.errors(reply)]
@@ -396,40 +390,55 @@ def test_killed_worker_fails_its_calls_and_restarts(
         assert detected < stage_seconds / 2, f"the failure took {detected:.2f} s after the kill"
         print(f"\nkill -9 -> failed reply after {detected * 1000:.0f} ms")
         (ok,) = grpc.ok(replies[1 - failed[0]], 1)
-        assert int(ok["pid"]) == server.proc.pid
+        assert int(ok["pid"]) == survivor
 
-        (restarted,) = wait_for_workers(server, 1, exclude=[worker])
-        with gil_busy(grpc, tmp_path, server.proc.pid):
-            (out,) = grpc.ok(grpc.predict("wk", "pid", [vec(4)]), 1)
-        assert int(out["pid"]) == restarted
+        restarted = set(wait_for_workers(server, 2, exclude=[worker])) - {survivor}
+        assert len(restarted) == 1
+        pids = {int(out["pid"]) for out in grpc.ok(grpc.predict("wk", "pid", [vec(v) for v in range(8)]), 8)}
+        assert pids <= {survivor, *restarted} and server.proc.pid not in pids
         assert f"process {worker} was killed by signal 9 (SIGKILL); restarting it" in server.stderr_text()
     finally:
         assert server.stop(signal.SIGTERM) == 0, server.describe()
 
 
-def test_worker_exiting_in_user_code_fails_the_call_not_the_server(
-    tree: Path, tmp_path: Path, grpc_for: Callable[[ServerProcess], Grpc]
+@pytest.mark.parametrize(
+    ("how", "cause"),
+    [
+        ("exit", "exited with code 3"),
+        ("segfault", "was killed by signal 11 (SIGSEGV)"),
+        ("abort", "was killed by signal 6 (SIGABRT)"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("workers", "in_process"), [(2, True), (1, False)], ids=["two-workers", "no-python-in-process"]
+)
+def test_a_stage_that_kills_its_interpreter_fails_the_call_not_the_server(
+    tree: Path,
+    tmp_path: Path,
+    grpc_for: Callable[[ServerProcess], Grpc],
+    how: str,
+    cause: str,
+    workers: int,
+    in_process: bool,
 ) -> None:
-    """`os._exit(3)` in a stage running in a worker: that call fails naming the exit code; the worker restarts."""
-    server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, 2))
+    """`os._exit(3)`, a segfault (`ctypes.string_at(0)`) or `os.abort()` in a stage: with worker processes the call
+    fails naming the cause, the worker restarts, and the server serves on."""
+    server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, workers, in_process))
     try:
-        (worker,) = wait_for_workers(server, 1)
+        first = wait_for_workers(server, workers)
         grpc = grpc_for(server)
-        with gil_busy(grpc, tmp_path, server.proc.pid):
-            reply = grpc.predict("wk", "exit_worker", [vec(1)])
-        code, text = grpc.failed(reply)
+        code, text = grpc.failed(grpc.predict("wk", "crash_worker", [{**vec(1), "how": how}]))
         assert code == WORKER_UNAVAILABLE
-        assert text.startswith(f"Servable stopped: the Python worker process {worker} of servable 'wk' version 1 "), (
-            text
+        assert text.startswith("Servable stopped: the Python worker process "), text
+        assert f"of servable 'wk' version 1 {cause} while running Function 'wk.crash'" in text, text
+        assert server.alive(), server.describe()
+        # The crashed worker is replaced; every later call is answered, by workers only.
+        wait_for(
+            lambda: len(worker_pids(server.proc.pid, "wk")) == workers and worker_pids(server.proc.pid, "wk") != first,
+            "the crashed worker's replacement",
         )
-        assert "exited with code 3 while running Function 'wk.exit_in_worker'" in text, text
-        # The same stage on the Python thread just answers.
-        (out,) = grpc.ok(grpc.predict("wk", "exit_worker", [vec(1)]), 1)
-        assert int(out["pid"]) == server.proc.pid
-        (restarted,) = wait_for_workers(server, 1, exclude=[worker])
-        with gil_busy(grpc, tmp_path, server.proc.pid):
-            (out,) = grpc.ok(grpc.predict("wk", "pid", [vec(1)]), 1)
-        assert int(out["pid"]) == restarted
+        pids = {int(out["pid"]) for out in grpc.ok(grpc.predict("wk", "pid", [vec(v) for v in range(4)]), 4)}
+        assert pids <= set(worker_pids(server.proc.pid, "wk")), pids
     finally:
         assert server.stop(signal.SIGTERM) == 0, server.describe()
 
@@ -438,7 +447,7 @@ def test_stop_terminates_every_worker(tree: Path, tmp_path: Path) -> None:
     """SIGTERM to the server: it exits 0 and no worker process, socket directory or shm file is left behind."""
     shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, 3))
-    workers = wait_for_workers(server, 4, servable=None)  # two per servable
+    workers = wait_for_workers(server, 6, servable=None)  # three per servable
     pid = server.proc.pid
     assert server.stop(signal.SIGTERM) == 0, server.describe()
     assert [w for w in workers if alive(w)] == []
@@ -451,7 +460,7 @@ def test_workers_die_with_a_killed_server(tree: Path, tmp_path: Path) -> None:
     """SIGKILL to the server alone (not its process group): its workers follow (PR_SET_PDEATHSIG)."""
     server = launch_server(tree, tmp_path / "logs", command=launcher(tmp_path, 2))
     try:
-        workers = wait_for_workers(server, 2, servable=None)
+        workers = wait_for_workers(server, 4, servable=None)  # two per servable
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(30)
         wait_for(lambda: not any(alive(w) for w in workers), "the workers of the killed server to exit", 10)

@@ -82,8 +82,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="Python stage executors per servable version, 0-64: N > 1 adds N - 1 worker processes next to the "
-        "server's Python thread (default 0: the Python thread only)",
+        help="Python stage executors per servable version, 0-64: N > 1 runs the Python stages in N worker processes, "
+        "never in the server process (default 0: one executor, see --no-python-in-process)",
+    )
+    start.add_argument(
+        "--no-python-in-process",
+        dest="python_in_process",
+        action="store_false",
+        help="with one executor too, run Python stages in a worker process (a stage that crashes or hangs then costs "
+        "only its worker) instead of on the server's own Python thread (the default: lowest latency)",
     )
     start.add_argument(
         "--io-threads",
@@ -244,6 +251,7 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
                 device_type=args.device_type,
                 device_ids=args.device_ids,
                 num_parallel_workers=args.num_parallel_workers,
+                python_in_process=args.python_in_process,
             )
             server._add_specs(versions)
         except Exception as exc:
@@ -334,6 +342,7 @@ def _start(args: argparse.Namespace) -> int:
                 args.num_parallel_workers,
                 servables=args.servable,
                 api_key=api_key,
+                python_in_process=args.python_in_process,
             )
         listeners = []
         if not args.no_grpc:

@@ -113,11 +113,14 @@ class ServableStartConfig:
         device_ids: CUDA device id(s) for `device_type="GPU"` (default 0).
         version_number: The version to load; 0 = the newest version directory.
         device_type: "GPU", "CPU" or None (= CPU), case ignored; "Ascend" is not supported by rustserve.
-        num_parallel_workers: Python stage executors in [0,64]: n > 1 runs the servable's Python stages on the
-            server's Python thread plus n - 1 worker processes (`python -m rustserve.worker`); 0 and 1 use the
-            server's Python thread only.
+        num_parallel_workers: Python stage executors in [0,64]: n > 1 runs the servable's Python stages in n
+            worker processes (`python -m rustserve.worker`), never in the server process, so a stage that crashes
+            or hangs costs only its worker (restarted); 0 and 1 use one executor, see `python_in_process`.
         dec_key: Model decryption key (16, 24 or 32 bytes); validated, then refused: decryption is unsupported.
         dec_mode: 'AES-GCM' or 'AES-CBC'.
+        python_in_process: With one executor (`num_parallel_workers` 0 or 1): True (default) runs the stages on the
+            server's own Python thread (lowest latency, but a stage that crashes the interpreter ends the server);
+            False runs them in one worker process. Ignored for n > 1 (always worker processes).
 
     Raises:
         RuntimeError: A parameter is invalid (MindSpore Serving's texts).
@@ -137,6 +140,7 @@ class ServableStartConfig:
         num_parallel_workers: int = 0,
         dec_key: bytes | None = None,
         dec_mode: str = "AES-GCM",
+        python_in_process: bool = True,
     ) -> None:
         _check_str("servable_directory", servable_directory)
         servable_directory = os.path.abspath(servable_directory)
@@ -150,6 +154,7 @@ class ServableStartConfig:
                 raise RuntimeError("Parameter 'dec_key' should not be empty bytes")
             if len(dec_key) not in (16, 24, 32):
                 raise RuntimeError(f"Parameter 'dec_key' length {len(dec_key)} expected to be 16, 24 or 32")
+        _check_bool("python_in_process", python_in_process)
         _check_str("dec_mode", dec_mode)
         if dec_mode not in ("AES-GCM", "AES-CBC"):
             raise RuntimeError("Parameter 'dec_mode' expected to be 'AES-GCM' or 'AES-CBC'")
@@ -174,6 +179,7 @@ class ServableStartConfig:
         self._num_parallel_workers = 1 if not ids and not num_parallel_workers else num_parallel_workers
         self._dec_key = dec_key
         self._dec_mode = dec_mode
+        self._python_in_process = python_in_process
 
     @property
     def servable_directory(self) -> str:
@@ -202,8 +208,13 @@ class ServableStartConfig:
 
     @property
     def num_parallel_workers(self) -> int:
-        """Python stage executors: n > 1 adds n - 1 worker processes."""
+        """Python stage executors: n > 1 worker processes."""
         return self._num_parallel_workers
+
+    @property
+    def python_in_process(self) -> bool:
+        """With one executor: run the stages on the server's Python thread (True) or in a worker process."""
+        return self._python_in_process
 
     @property
     def dec_key(self) -> bytes | None:
@@ -226,6 +237,7 @@ class _Deployment:
     device_type: DeviceType
     device_ids: set[int] = field(default_factory=set)
     num_parallel_workers: int = 0
+    python_in_process: bool = True
 
 
 def _resolve_device_type(config: ServableStartConfig) -> DeviceType:
@@ -282,6 +294,7 @@ def _merge_configs(configs: Sequence[ServableStartConfig]) -> list[_Deployment]:
             deployments[(name, version)] = deployment
         deployment.device_ids.update(config.device_ids)
         deployment.num_parallel_workers = max(deployment.num_parallel_workers, config.num_parallel_workers)
+        deployment.python_in_process = deployment.python_in_process and config.python_in_process
     return list(deployments.values())
 
 
@@ -534,9 +547,10 @@ class _Repository:
         directory: The servable directory.
         device_type: Where the models of loaded servables run.
         device_ids: CUDA devices for "gpu".
-        num_parallel_workers: Python stage executors per loaded servable version (n > 1 adds n - 1 worker
-            processes, which stop when that version is unloaded or replaced).
+        num_parallel_workers: Python stage executors per loaded servable version (n > 1: n worker processes,
+            which stop when that version is unloaded or replaced).
         servables: The only servables that may ever be loaded (`--servable`); None: every one of the directory.
+        python_in_process: With one executor, run the stages on the server's Python thread (or a worker process).
     """
 
     def __init__(
@@ -546,12 +560,14 @@ class _Repository:
         device_ids: Sequence[int] = (),
         num_parallel_workers: int = 0,
         servables: Sequence[str] | None = None,
+        python_in_process: bool = True,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.device_type: DeviceType = device_type
         self.device_ids = list(device_ids)
         self.num_parallel_workers = num_parallel_workers
         self.servables = None if servables is None else frozenset(servables)
+        self.python_in_process = python_in_process
 
     def names(self) -> list[str]:
         """The servables of the directory (subdirectories with a servable_config.py), `servables` only if given.
@@ -586,6 +602,7 @@ class _Repository:
                 device_type=self.device_type,
                 device_ids=self.device_ids,
                 num_parallel_workers=self.num_parallel_workers,
+                python_in_process=self.python_in_process,
             )
             if any(spec["models"] for spec in specs):
                 from rustserve.server import _ort
@@ -605,6 +622,7 @@ def _set_repository(
     num_parallel_workers: int = 0,
     servables: Sequence[str] | None = None,
     api_key: str | None = None,
+    python_in_process: bool = True,
 ) -> None:
     """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
     load, reload and unload the servables of `directory` while the server runs (`--model-control-mode explicit`);
@@ -614,11 +632,12 @@ def _set_repository(
         directory: The servable directory.
         device_type: Where the models of loaded servables run.
         device_ids: CUDA devices for "gpu".
-        num_parallel_workers: Python stage executors per loaded servable version.
+        num_parallel_workers: Python stage executors per loaded servable version (n > 1: n worker processes).
         servables: The only servables that may be loaded; None: every servable of the directory.
         api_key: When given, load and unload need `authorization: Bearer <api_key>`.
+        python_in_process: With one executor, run the stages on the server's Python thread (or a worker process).
     """
-    repository = _Repository(directory, device_type, device_ids, num_parallel_workers, servables)
+    repository = _Repository(directory, device_type, device_ids, num_parallel_workers, servables, python_in_process)
     _get_server().set_repository(repository, api_key)
 
 
@@ -664,6 +683,7 @@ def start_servables(servable_configs: ServableStartConfig | Sequence[ServableSta
                     device_type=deployment.device_type,
                     device_ids=sorted(deployment.device_ids),
                     num_parallel_workers=deployment.num_parallel_workers,
+                    python_in_process=deployment.python_in_process,
                 )
             )
     except RuntimeError as exc:

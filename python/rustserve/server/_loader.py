@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from rustserve.server import register
 from rustserve.server._spec import ModelSpec, ServableSpec
@@ -194,6 +194,7 @@ class ServableLoader:
         device_type: DeviceType = "cpu",
         device_ids: Sequence[int] = (),
         num_parallel_workers: int = 0,
+        python_in_process: bool = True,
     ) -> list[ServableSpec]:
         """Loads one version of a servable.
 
@@ -204,7 +205,9 @@ class ServableLoader:
                 declares no model and has no version directory).
             device_type: Where its models run.
             device_ids: CUDA devices for "gpu" (default [0]).
-            num_parallel_workers: Python stage executors (n > 1 adds n - 1 worker processes).
+            num_parallel_workers: Python stage executors (n > 1: n worker processes).
+            python_in_process: With fewer than 2 executors, run the stages on the server's Python thread (True) or
+                in one worker process (False).
 
         Returns:
             A list with the one `ServableSpec`.
@@ -232,9 +235,8 @@ class ServableLoader:
                 f"number: {version_number}, servable directory: '{directory}', servable name: '{name}'"
             )
         version_dir = versions.get(version_number, "")
-        return [
-            _build_spec(directory, registry, version_number, version_dir, device_type, device_ids, num_parallel_workers)
-        ]
+        workers = _Executors(num_parallel_workers, python_in_process)
+        return [_build_spec(directory, registry, version_number, version_dir, device_type, device_ids, workers)]
 
     def load_all_versions(
         self,
@@ -244,6 +246,7 @@ class ServableLoader:
         device_type: DeviceType = "cpu",
         device_ids: Sequence[int] = (),
         num_parallel_workers: int = 0,
+        python_in_process: bool = True,
     ) -> list[ServableSpec]:
         """Loads every version directory of a servable (version 1 alone when it has none and declares no model).
 
@@ -252,7 +255,8 @@ class ServableLoader:
             name: The servable name.
             device_type: Where its models run.
             device_ids: CUDA devices for "gpu" (default [0]).
-            num_parallel_workers: Python stage executors per version (n > 1 adds n - 1 worker processes).
+            num_parallel_workers: Python stage executors per version (n > 1: n worker processes).
+            python_in_process: As for `load`.
 
         Returns:
             One `ServableSpec` per version, oldest first.
@@ -263,17 +267,25 @@ class ServableLoader:
         directory = os.path.abspath(directory)
         registry = self.import_config(directory, name)
         versions = _version_dirs(directory, name)
+        workers = _Executors(num_parallel_workers, python_in_process)
         if not versions:
             if registry.models:
                 raise RuntimeError(
                     f"There is no valid version directory of models while there are models declared in "
                     f"servable_config.py, servable directory: {directory}, servable name: {name}"
                 )
-            return [_build_spec(directory, registry, 1, "", device_type, device_ids, num_parallel_workers)]
+            return [_build_spec(directory, registry, 1, "", device_type, device_ids, workers)]
         return [
-            _build_spec(directory, registry, version, versions[version], device_type, device_ids, num_parallel_workers)
+            _build_spec(directory, registry, version, versions[version], device_type, device_ids, workers)
             for version in sorted(versions)
         ]
+
+
+class _Executors(NamedTuple):
+    """Where a servable version's Python stages run (see ServableSpec)."""
+
+    num_parallel_workers: int = 0
+    python_in_process: bool = True
 
 
 def _build_spec(
@@ -283,7 +295,7 @@ def _build_spec(
     version_dir: str,
     device_type: DeviceType,
     device_ids: Sequence[int],
-    num_parallel_workers: int = 0,
+    executors: _Executors,
 ) -> ServableSpec:
     name = registry.servable_name
     gpu_ids = [int(device_id) for device_id in device_ids] or [0]
@@ -320,7 +332,8 @@ def _build_spec(
         "version": version,
         "version_dir": version_dir,
         "servable_directory": directory,
-        "num_parallel_workers": num_parallel_workers,
+        "num_parallel_workers": executors.num_parallel_workers,
+        "python_in_process": executors.python_in_process,
         "models": models,
         # deepcopy keeps the function objects (copy treats functions as atomic) and unshares the lists.
         "methods": copy.deepcopy(registry.methods),

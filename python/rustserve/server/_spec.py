@@ -67,6 +67,7 @@ class ServableSpec(TypedDict):
     version: int
     version_dir: str  # absolute path of <servable_directory>/<name>/<version> ("" when no models are declared)
     servable_directory: str  # absolute servable directory; Python worker processes import the config from it
-    num_parallel_workers: int  # Python stage executors: the GIL thread + (n - 1) worker processes; 0 or 1 = none
+    num_parallel_workers: int  # Python stage executors: n >= 2 worker processes; 0 or 1: see python_in_process
+    python_in_process: bool  # with < 2 executors: the server's GIL thread (True) or one worker process (False)
     models: list[ModelSpec]
     methods: list[MethodSpec]

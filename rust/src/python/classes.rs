@@ -294,11 +294,13 @@ fn specs_and_worker_plans(
     Ok((specs, plans))
 }
 
-/// Worker plans for specs with `num_parallel_workers` > 1 and at least one Python stage.
+/// Worker plans for specs with at least one Python stage that run it in worker processes (`num_parallel_workers` >
+/// 1, or `python_in_process` false).
 fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettings]) -> PyResult<Vec<WorkerPlan>> {
     let mut plans = Vec::new();
     for (spec, settings) in specs.iter().zip(settings) {
-        if settings.num_parallel_workers < 2 {
+        let count = settings.worker_processes();
+        if count == 0 {
             continue;
         }
         let mut entries = Vec::new();
@@ -318,10 +320,9 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
         }
         if functions.is_empty() {
             tracing::info!(
-                "servable '{}' version {}: no Python stage, so num_parallel_workers={} starts no worker process",
+                "servable '{}' version {}: no Python stage, so it starts no worker process",
                 spec.name,
-                spec.version,
-                settings.num_parallel_workers
+                spec.version
             );
             continue;
         }
@@ -343,7 +344,7 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
                 functions: entries,
                 log_level,
             },
-            count: settings.num_parallel_workers - 1,
+            count,
             functions,
         });
     }

@@ -1,10 +1,10 @@
 //! The dispatcher behind `PythonStages::submit`: it owns every Python stage executor of the server (the GIL thread,
-//! which serves every servable, plus the worker processes of servables started with `num_parallel_workers` > 1,
-//! which serve only their own servable's functions) and one queue of calls waiting for an executor.
+//! which serves the servables that run Python in the server process, plus the worker processes of servables started
+//! with `num_parallel_workers` > 1 or `python_in_process=False`, which alone serve their own servable's functions)
+//! and one queue of calls waiting for an executor.
 //!
-//! Each executor runs one call at a time. A call goes to an idle executor that can run it, the GIL thread first
-//! (so one worker process costs nothing until there is concurrency); when none is idle it waits in the queue, and
-//! the executor that finishes next takes the oldest call it can run. That is "least busy" with the busy count
+//! Each executor runs one call at a time. A call goes to an idle executor that can run it; when none is idle it
+//! waits in the queue, and the executor that finishes next takes the oldest call it can run. That is "least busy" with the busy count
 //! capped at one, which keeps a slow call from queueing behind another on a busy executor while a second
 //! executor idles. Calls of a stage with `batch_size` that wait together are merged into one call of up to
 //! `batch_size` instances (0: no limit) when an executor takes them, and the results are split back per request.
@@ -78,11 +78,10 @@ impl Inner {
 type Start = (Arc<dyn StageExecutor>, Ticket);
 
 impl State {
+    /// A function routed to a pool runs only there (its servable's worker processes: user code that crashes or
+    /// hangs never takes the server down); every other function runs on the GIL thread.
     fn accepts(&self, slot: usize, call: &FunctionCall) -> bool {
-        match self.slots[slot].pool {
-            None => true,
-            pool => self.routes.get(&call.function).copied() == pool,
-        }
+        self.routes.get(&call.function).copied() == self.slots[slot].pool
     }
 
     /// Takes the oldest waiting call `slot` can run, merged with the later waiting calls of the same batch stage.
@@ -499,17 +498,18 @@ mod tests {
         })
     }
 
-    /// The GIL fake plus `workers` worker fakes in one pool serving functions 0 and 1 (function 2 is GIL-only).
+    /// The GIL fake plus, when `workers` > 0, that many worker fakes in one pool that alone serves functions 0 and 1
+    /// (function 2 is always the GIL thread's; without workers, so are 0 and 1).
     fn rig(workers: usize) -> Rig {
         let (tx, started) = mpsc::channel();
         let gil = fake("gil", &tx);
         let dispatcher = Arc::new(Dispatcher::new(gil.clone()));
-        let pool = dispatcher.add_pool(&[FunctionId(0), FunctionId(1)]);
+        let pool = (workers > 0).then(|| dispatcher.add_pool(&[FunctionId(0), FunctionId(1)]));
         let mut fakes = vec![gil];
         let mut controls = Vec::new();
         for name in ["w1", "w2", "w3"].into_iter().take(workers) {
             let w = fake(name, &tx);
-            controls.push(dispatcher.add_executor(pool, w.clone()));
+            controls.push(dispatcher.add_executor(pool.unwrap_or_default(), w.clone()));
             fakes.push(w);
         }
         for c in &controls {
@@ -604,31 +604,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gil_thread_is_preferred_then_workers_then_queue() {
-        let rig = rig(1);
+    async fn pool_functions_go_to_idle_workers_only_then_queue() {
+        let rig = rig(2);
         let a = rig.dispatcher.submit(call(0, None, &[1]));
         let (who, ta) = next(&rig);
-        assert_eq!((who, values(ta.call())), ("gil", vec![1]));
+        assert_eq!((who, values(ta.call())), ("w1", vec![1]));
         let b = rig.dispatcher.submit(call(0, None, &[2]));
         let (who, tb) = next(&rig);
-        assert_eq!(who, "w1");
+        assert_eq!(who, "w2");
+        // Both workers are busy: the call waits although the GIL thread is idle (it never runs pool functions).
         let c = rig.dispatcher.submit(call(0, None, &[3]));
         nothing_started(&rig);
-        assert_eq!(rig.dispatcher.snapshot(), (0, 2, 0, 1));
-        // The worker finishes first and takes the waiting call.
+        assert_eq!(rig.dispatcher.snapshot(), (1, 2, 0, 1));
+        // The worker that finishes first takes the waiting call.
         echo(tb);
         let (who, tc) = next(&rig);
-        assert_eq!((who, values(tc.call())), ("w1", vec![3]));
+        assert_eq!((who, values(tc.call())), ("w2", vec![3]));
         echo(ta);
         echo(tc);
         assert_eq!(got(&a.await), vec![1001]);
         assert_eq!(got(&b.await), vec![1002]);
         assert_eq!(got(&c.await), vec![1003]);
-        assert_eq!(rig.dispatcher.snapshot(), (2, 0, 0, 0));
+        assert_eq!(rig.dispatcher.snapshot(), (3, 0, 0, 0));
     }
 
     #[tokio::test]
-    async fn workers_only_take_their_pool_functions() {
+    async fn workers_and_the_gil_thread_each_take_only_their_functions() {
         let rig = rig(1);
         let a = rig.dispatcher.submit(call(2, None, &[1]));
         let (who, ta) = next(&rig);
@@ -639,14 +640,21 @@ mod tests {
         let c = rig.dispatcher.submit(call(1, None, &[3]));
         let (who, tc) = next(&rig);
         assert_eq!((who, values(tc.call())), ("w1", vec![3]));
-        echo(tc);
         echo(ta);
         let (who, tb) = next(&rig);
         assert_eq!(who, "gil");
+        // And function 1 waits for its worker although the GIL thread is idle again.
         echo(tb);
+        let d = rig.dispatcher.submit(call(1, None, &[4]));
+        nothing_started(&rig);
+        echo(tc);
+        let (who, td) = next(&rig);
+        assert_eq!(who, "w1");
+        echo(td);
         assert_eq!(got(&a.await), vec![1001]);
         assert_eq!(got(&b.await), vec![1002]);
         assert_eq!(got(&c.await), vec![1003]);
+        assert_eq!(got(&d.await), vec![1004]);
     }
 
     #[tokio::test]
@@ -725,18 +733,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_worker_fails_its_call_and_the_rest_go_elsewhere() {
-        let rig = rig(1);
+        let rig = rig(2);
         let a = rig.dispatcher.submit(call(0, None, &[1]));
         let (_, ta) = next(&rig);
         let b = rig.dispatcher.submit(call(0, None, &[2]));
         let (who, tb) = next(&rig);
-        assert_eq!(who, "w1");
+        assert_eq!(who, "w2");
         let c = rig.dispatcher.submit(call(0, None, &[3]));
         tb.fail_down(&ServeError::Unavailable("Servable stopped: worker 7 was killed".into()));
-        assert_eq!(rig.dispatcher.snapshot(), (0, 1, 1, 1));
+        assert_eq!(rig.dispatcher.snapshot(), (1, 1, 1, 1));
         echo(ta);
         let (who, tc) = next(&rig);
-        assert_eq!(who, "gil");
+        assert_eq!(who, "w1");
         echo(tc);
         let b = b.await;
         assert!(
@@ -746,13 +754,13 @@ mod tests {
         assert_eq!(got(&a.await), vec![1001]);
         assert_eq!(got(&c.await), vec![1003]);
         // Back up after a restart: it takes calls again.
-        rig.controls[0].set_up();
+        rig.controls[1].set_up();
         let _busy = rig.dispatcher.submit(call(0, None, &[4]));
         let (who, t4) = next(&rig);
-        assert_eq!(who, "gil");
+        assert_eq!(who, "w1");
         let e = rig.dispatcher.submit(call(0, None, &[5]));
         let (who, t5) = next(&rig);
-        assert_eq!(who, "w1");
+        assert_eq!(who, "w2");
         echo(t5);
         echo(t4);
         assert_eq!(got(&e.await), vec![1005]);
@@ -760,14 +768,14 @@ mod tests {
 
     #[tokio::test]
     async fn refused_and_dropped_tickets_never_hang() {
-        let rig = rig(1);
-        rig.fakes[1].refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        let rig = rig(2);
+        rig.fakes[2].refuse.store(true, std::sync::atomic::Ordering::SeqCst);
         let a = rig.dispatcher.submit(call(0, None, &[1]));
         let (_, ta) = next(&rig);
-        // w1 refuses: the call is requeued, w1 is marked down, and the GIL thread runs it next.
+        // w2 refuses: the call is requeued, w2 is marked down, and w1 runs it next.
         let b = rig.dispatcher.submit(call(0, None, &[2]));
         nothing_started(&rig);
-        assert_eq!(rig.dispatcher.snapshot(), (0, 1, 1, 1));
+        assert_eq!(rig.dispatcher.snapshot(), (1, 1, 1, 1));
         drop(ta); // dropped unanswered: "Servable stopped", and the executor moves on
         let a = a.await;
         assert!(
@@ -775,7 +783,7 @@ mod tests {
             "{a:?}"
         );
         let (who, tb) = next(&rig);
-        assert_eq!(who, "gil");
+        assert_eq!(who, "w1");
         tb.complete(vec![]); // wrong result count: an error per instance, not a panic
         let b = b.await;
         assert!(

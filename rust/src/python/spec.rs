@@ -116,8 +116,21 @@ fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpe
 pub struct WorkerSettings {
     /// The servable directory (parent of the servable's folder); workers import servable_config.py from it.
     pub directory: String,
-    /// Python stage executors of the version: the GIL thread plus `num_parallel_workers - 1` worker processes.
+    /// Python stage executors of the version: n >= 2 are n worker processes.
     pub num_parallel_workers: usize,
+    /// With fewer than 2 executors: true runs the stages on the server's GIL thread, false in one worker process.
+    pub python_in_process: bool,
+}
+
+impl WorkerSettings {
+    /// How many worker processes run the version's Python stages (0: the server's GIL thread runs them).
+    pub fn worker_processes(&self) -> usize {
+        if self.num_parallel_workers >= 2 {
+            self.num_parallel_workers
+        } else {
+            usize::from(!self.python_in_process)
+        }
+    }
 }
 
 /// Reads the worker settings of one `ServableSpec` dict.
@@ -125,6 +138,7 @@ pub fn worker_settings(dict: &Bound<'_, PyDict>) -> PyResult<WorkerSettings> {
     Ok(WorkerSettings {
         directory: item(dict, "servable_directory")?,
         num_parallel_workers: item(dict, "num_parallel_workers")?,
+        python_in_process: item(dict, "python_in_process")?,
     })
 }
 
