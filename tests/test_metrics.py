@@ -5,6 +5,7 @@ sent (MindSpore gRPC and REST, KServe v2 REST and gRPC) and exposes latency, sta
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,7 @@ def scrape(server: ServerProcess) -> dict[str, dict[Labels, float]]:
     assert reply.headers["Content-Type"].startswith("text/plain")
     samples: dict[str, dict[Labels, float]] = {}
     for family in parser.text_string_to_metric_families(reply.text):
-        assert family.name.startswith("rustserve_"), family.name
+        assert family.name.startswith(("rustserve_", "process_")), family.name
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
@@ -125,6 +126,26 @@ def test_python_stage_time_busy_time_and_queue_depth(server: ServerProcess, rest
     assert {("pipeline", "double.onnx"), ("pipeline", "plus_one.onnx"), ("mlp", "mlp.onnx")} <= models
     assert all(v >= 0 for v in depth.values())
     assert value(after, "rustserve_requests_in_flight_requests") >= 0
+
+
+def test_process_metrics_track_the_server_process(server: ServerProcess) -> None:
+    """RSS, open fds (and their limit), threads and CPU seconds of the server process, under Prometheus' standard
+    process-collector names, so a stage that leaks shows up."""
+    before = scrape(server)
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_threads"):
+        assert value(before, name) > 0, name
+    with open(f"/proc/{server.proc.pid}/status") as lines:
+        status = dict(line.split(":", 1) for line in lines if ":" in line)
+    status = {key: text.split()[0] for key, text in status.items() if text.split()}
+    assert abs(value(before, "process_threads") - int(status["Threads"])) <= 4  # threads come and go
+    rss_kib = int(status["VmRSS"])
+    assert 0.5 * rss_kib * 1024 < value(before, "process_resident_memory_bytes") < 2 * rss_kib * 1024
+    with open(f"/proc/{server.proc.pid}/limits") as limits:
+        soft = next(line.split()[3] for line in limits if line.startswith("Max open files"))
+    assert value(before, "process_max_fds") == int(soft)
+    deadline = time.monotonic() + 10
+    while value(scrape(server), "process_cpu_seconds_total") <= value(before, "process_cpu_seconds_total"):
+        assert time.monotonic() < deadline, "the server's CPU seconds did not grow while it answered scrapes"
 
 
 def test_batch_metrics_count_real_rows_per_model(server: ServerProcess, rest: Rest) -> None:

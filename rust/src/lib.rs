@@ -5,6 +5,7 @@ pub mod batching;
 pub mod codec;
 pub mod error;
 pub mod ingress;
+pub mod log_text;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

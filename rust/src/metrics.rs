@@ -6,6 +6,7 @@
 //! the lookup borrows the request's names instead of allocating a key) and one short mutex for the per-batch-size
 //! table of the statistics extension.
 
+use crate::pipeline::StuckCall;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -508,7 +509,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4). `queues` and `in_flight` are read by the caller at scrape time.
-    pub fn render(&self, queues: &[QueueDepth], in_flight: usize) -> String {
+    pub fn render(&self, queues: &[QueueDepth], in_flight: usize, stuck: Option<&StuckCall>) -> String {
         let mut out = String::with_capacity(8192);
         self.render_methods(&mut out);
         self.render_models(&mut out);
@@ -546,6 +547,23 @@ impl Metrics {
             "rustserve_python_busy_seconds_total {}",
             number(self.python_busy.total().as_secs_f64())
         );
+        family(
+            &mut out,
+            "rustserve_python_stuck_call_seconds",
+            "gauge",
+            "How long the call stuck on the server's Python thread (past the request timeout) has run; absent when none.",
+        );
+        if let Some(stuck) = stuck {
+            let _ = writeln!(
+                out,
+                "rustserve_python_stuck_call_seconds{{servable=\"{}\",function=\"{}\",method=\"{}\"}} {}",
+                escape(&stuck.servable),
+                escape(&stuck.function),
+                escape(&stuck.method),
+                number(stuck.running_for.as_secs_f64())
+            );
+        }
+        render_process(&mut out);
         out
     }
 
@@ -695,6 +713,82 @@ impl Metrics {
     }
 }
 
+/// The server process's own resources under the names of Prometheus' process collector, so a stage that leaks
+/// memory, file descriptors or threads shows up (Linux `/proc`; nothing where it is missing).
+fn render_process(out: &mut String) {
+    let Some(sample) = ProcessSample::read() else { return };
+    let rows: [(&str, &str, &str, String); 5] = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            sample.rss_bytes.to_string(),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            sample.open_fds.to_string(),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            sample.max_fds.to_string(),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            sample.threads.to_string(),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            number(sample.cpu_seconds),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        family(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+struct ProcessSample {
+    rss_bytes: u64,
+    open_fds: usize,
+    max_fds: u64,
+    threads: u64,
+    cpu_seconds: f64,
+}
+
+impl ProcessSample {
+    #[allow(clippy::cast_precision_loss)] // CPU ticks and the tick rate are far below 2^52
+    fn read() -> Option<ProcessSample> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        // SAFETY: sysconf only reads a configuration value; it has no preconditions.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let max_fds = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|soft| soft.parse().ok())
+            .unwrap_or(0);
+        Some(ProcessSample {
+            rss_bytes: field(24)? * u64::try_from(page).ok()?,
+            open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count),
+            max_fds,
+            threads: field(20)?,
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks.max(1) as f64,
+        })
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -790,7 +884,20 @@ mod tests {
                 depth: 7,
             }],
             4,
+            Some(&StuckCall {
+                servable: "s".into(),
+                function: "s.f\"g".into(),
+                method: "m".into(),
+                running_for: Duration::from_millis(2500),
+            }),
         );
+        assert!(
+            text.contains(
+                "rustserve_python_stuck_call_seconds{servable=\"s\",function=\"s.f\\\"g\",method=\"m\"} 2.5\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"), "{text}");
         assert!(
             text.contains(
                 "rustserve_requests_total{servable=\"a\\\"b\",version=\"2\",method=\"m\",protocol=\"kserve_rest\"} 1\n"

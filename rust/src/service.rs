@@ -8,7 +8,7 @@
 
 use crate::error::ServeError;
 use crate::metrics::{BusyClock, MethodStats, Metrics, Protocol, QueueDepth, RequestRecord};
-use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, run_method};
+use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, StuckCall, run_method};
 use crate::request::{InstanceResult, PredictReply, PredictRequest};
 use crate::servable::ServableVersion;
 use crate::servable::registry::Registry;
@@ -96,6 +96,10 @@ impl PythonStages for TimedPython {
             let _ = PYTHON_NS.try_with(|total| total.fetch_add(ns, Ordering::Relaxed));
             results
         })
+    }
+
+    fn stuck(&self) -> Option<StuckCall> {
+        self.inner.stuck()
     }
 }
 
@@ -308,7 +312,22 @@ impl Service {
         if !self.is_ready() {
             return Err("the server is stopping".into());
         }
+        if let Some(stuck) = self.python.stuck() {
+            return Err(stuck.describe());
+        }
         self.registry.not_ready_reason().map_or(Ok(()), Err)
+    }
+
+    /// Whether a loaded servable can answer (v2 model readiness): not while stopping, nor while its own Python stage
+    /// is stuck on the server's Python thread.
+    pub fn servable_readiness(&self, servable: &str) -> Result<(), String> {
+        if !self.is_ready() {
+            return Err("the server is stopping".into());
+        }
+        match self.python.stuck() {
+            Some(stuck) if stuck.servable == servable => Err(stuck.describe()),
+            _ => Ok(()),
+        }
     }
 
     /// Marks the server as stopping (not ready), before its listeners drain.
@@ -342,7 +361,8 @@ impl Service {
 
     /// The Prometheus text exposition of everything recorded so far.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.queue_depths(), self.in_flight())
+        self.metrics
+            .render(&self.queue_depths(), self.in_flight(), self.python.stuck().as_ref())
     }
 
     /// Installs the repository that `load_servable` reads from (replacing any earlier one): load and unload are

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 pub use self::plan::{BatchMode, BatchPlan, CheckedInstance, DEFAULT_MAX_BATCH_SIZE};
 use self::policy::Decision;
 use crate::error::ServeError;
+use crate::log_text::log_text;
 use crate::metrics::{BatchObserver, BatchRun};
 use crate::model::{DeviceChoice, ModelSignature, OrtRunner};
 use crate::tensor::{DType, Tensor};
@@ -636,7 +637,7 @@ impl Core {
             "batch"
         );
         let outcome = outcome.map_err(|text| {
-            tracing::warn!(model = %self.model, instances = real, "predict failed: {text}");
+            tracing::warn!(model = %self.model, instances = real, "predict failed: {}", log_text(&text));
             ServeError::Model(format!("Predict failed, model '{}': {text}", self.model))
         });
         (outcome, run)

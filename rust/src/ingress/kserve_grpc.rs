@@ -47,10 +47,9 @@ impl GrpcInferenceService for KserveGrpc {
 
     async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
         let request = request.into_inner();
-        let found = kserve::resolve(&self.service, &request.name, &request.version).is_ok();
-        Ok(Response::new(pb::ModelReadyResponse {
-            ready: found && self.service.is_ready(),
-        }))
+        let ready = kserve::resolve(&self.service, &request.name, &request.version)
+            .is_ok_and(|resolved| self.service.servable_readiness(&resolved.servable.name).is_ok());
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Reply<pb::ServerMetadataResponse> {

@@ -184,8 +184,10 @@ async fn config_v(State(state): State<V2State>, Path((model, version)): Path<(St
 
 fn ready_reply(state: &V2State, model: &str, version: &str) -> Response {
     match kserve::resolve(&state.service, model, version) {
-        Ok(_) if state.service.is_ready() => json(&serde_json::json!({"name": model, "ready": true})),
-        Ok(_) => error(&V2Error::new(Status::Unavailable, "the server is stopping")),
+        Ok(resolved) => match state.service.servable_readiness(&resolved.servable.name) {
+            Ok(()) => json(&serde_json::json!({"name": model, "ready": true})),
+            Err(reason) => error(&V2Error::new(Status::Unavailable, reason)),
+        },
         Err(err) => error(&err),
     }
 }

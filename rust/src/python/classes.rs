@@ -172,8 +172,11 @@ impl PyServer {
 
     /// Sets the per-request timeout in seconds (> 0): a request still running then fails, its queued work dropped.
     fn set_request_timeout(&self, seconds: f64) -> PyResult<()> {
-        self.service
-            .set_request_timeout(positive_duration("request timeout", seconds)?);
+        let timeout = positive_duration("request timeout", seconds)?;
+        self.service.set_request_timeout(timeout);
+        // A Python call running this long has no request left waiting for it: its worker is killed (a call on the
+        // GIL thread is reported).
+        self.dispatcher.set_call_timeout(timeout);
         Ok(())
     }
 
@@ -577,8 +580,11 @@ pub fn onnx_signature<'py>(py: Python<'py>, model_path: &str) -> PyResult<Bound<
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only for a person at a terminal: collectors and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }

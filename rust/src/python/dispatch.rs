@@ -13,12 +13,16 @@
 //! Plain Rust (executors are a trait), so the scheduling is unit-tested with fakes.
 
 use crate::error::ServeError;
-use crate::pipeline::{FunctionCall, PythonStages};
+use crate::log_text::log_text;
+use crate::pipeline::{FunctionCall, PythonStages, StuckCall};
 use crate::request::InstanceResult;
 use crate::servable::spec::FunctionId;
+use crate::service::DEFAULT_REQUEST_TIMEOUT;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Default bound on Python stage calls waiting for an executor (`Dispatcher::set_max_waiting`).
@@ -32,6 +36,24 @@ pub trait StageExecutor: Send + Sync {
     /// Starts `ticket`'s call and answers it later through the ticket, from any thread. Hands the ticket back
     /// when the executor can no longer run anything (it is then marked down and the call goes elsewhere).
     fn start(&self, ticket: Ticket) -> Result<(), Ticket>;
+
+    /// Ends the call in progress the hard way (a worker process is killed and restarted, its ticket failed with
+    /// `why`); false when this executor cannot be interrupted (the GIL thread).
+    fn abort(&self, _why: &str) -> bool {
+        false
+    }
+}
+
+/// How often the watch thread looks for calls running past the call timeout.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// A call an executor is running, for the watch thread.
+struct Running {
+    started: Instant,
+    function: String,
+    method: String,
+    /// The watch thread acted on it already (logged it, or aborted its worker).
+    overdue: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +69,38 @@ struct Slot {
     /// `None`: runs every function (the GIL thread); `Some(pool)`: only the functions routed to `pool`.
     pool: Option<usize>,
     state: SlotState,
+    running: Option<Running>,
+}
+
+impl Slot {
+    fn new(executor: Arc<dyn StageExecutor>, pool: Option<usize>, state: SlotState) -> Slot {
+        Slot {
+            executor,
+            pool,
+            state,
+            running: None,
+        }
+    }
+
+    /// Marks the slot idle (or down) after its call; logs the end of a call that was reported stuck.
+    fn finish(&mut self, down: bool) {
+        if down {
+            self.state = SlotState::Down;
+        } else if self.state == SlotState::Busy {
+            self.state = SlotState::Idle;
+        }
+        if let Some(running) = self.running.take()
+            && running.overdue
+            && self.pool.is_none()
+        {
+            tracing::warn!(
+                "the Python stage {} (method '{}') returned on the server's Python thread after {:.1} s",
+                log_text(&running.function),
+                log_text(&running.method),
+                running.started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 struct Waiting {
@@ -67,6 +121,8 @@ struct State {
 
 struct Inner {
     state: Mutex<State>,
+    /// Calls running longer are overdue: a worker's is aborted, the GIL thread's reported (the request timeout).
+    call_timeout_ms: AtomicU64,
 }
 
 impl Inner {
@@ -128,6 +184,12 @@ impl State {
             }
             if let Some((head, rest)) = self.take_for(slot) {
                 self.slots[slot].state = SlotState::Busy;
+                self.slots[slot].running = Some(Running {
+                    started: Instant::now(),
+                    function: head.call.name.clone(),
+                    method: head.call.method.clone(),
+                    overdue: false,
+                });
                 starts.push((
                     self.slots[slot].executor.clone(),
                     Ticket::new(inner.clone(), slot, head, rest),
@@ -208,12 +270,7 @@ impl Ticket {
     fn release(&mut self, down: bool) {
         let starts = {
             let mut state = self.inner.lock();
-            let slot = &mut state.slots[self.slot];
-            if down {
-                slot.state = SlotState::Down;
-            } else if slot.state == SlotState::Busy {
-                slot.state = SlotState::Idle;
-            }
+            state.slots[self.slot].finish(down);
             state.dispatch(&self.inner)
         };
         run_starts(starts);
@@ -244,7 +301,7 @@ impl Ticket {
         self.answered = true;
         let starts = {
             let mut state = self.inner.lock();
-            state.slots[self.slot].state = SlotState::Down;
+            state.slots[self.slot].finish(true);
             let mut instances = std::mem::take(&mut self.call.instances).into_iter();
             let parts: Vec<Waiting> = self
                 .replies
@@ -338,20 +395,32 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher whose first executor, which runs every function, is `main` (the GIL thread).
+    /// A dispatcher whose first executor, which runs every function not routed to a pool, is `main` (the GIL
+    /// thread). Starts the watch thread, which ends with the dispatcher.
     pub fn new(main: Arc<dyn StageExecutor>) -> Dispatcher {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 max_waiting: DEFAULT_MAX_WAITING,
                 ..State::default()
             }),
+            call_timeout_ms: AtomicU64::new(duration_ms(DEFAULT_REQUEST_TIMEOUT)),
         });
-        inner.lock().slots.push(Slot {
-            executor: main,
-            pool: None,
-            state: SlotState::Idle,
-        });
+        inner.lock().slots.push(Slot::new(main, None, SlotState::Idle));
+        let watched = Arc::downgrade(&inner);
+        let spawned = std::thread::Builder::new()
+            .name("rustserve-python-watch".into())
+            .spawn(move || watch(&watched));
+        if let Err(err) = spawned {
+            tracing::warn!("cannot start the Python watch thread ({err}): calls past the timeout go unreported");
+        }
         Dispatcher { inner }
+    }
+
+    /// Sets how long a call may run before it is overdue (the request timeout: its requests have failed by then).
+    pub fn set_call_timeout(&self, timeout: Duration) {
+        self.inner
+            .call_timeout_ms
+            .store(duration_ms(timeout), Ordering::Relaxed);
     }
 
     /// Sets how many calls may wait for an executor; beyond it, calls fail at once with `Overloaded`.
@@ -373,11 +442,7 @@ impl Dispatcher {
     /// Adds an executor of `pool`, down until its `SlotControl::set_up`.
     pub fn add_executor(&self, pool: usize, executor: Arc<dyn StageExecutor>) -> SlotControl {
         let mut state = self.inner.lock();
-        state.slots.push(Slot {
-            executor,
-            pool: Some(pool),
-            state: SlotState::Down,
-        });
+        state.slots.push(Slot::new(executor, Some(pool), SlotState::Down));
         SlotControl {
             inner: Arc::downgrade(&self.inner),
             slot: state.slots.len() - 1,
@@ -413,14 +478,94 @@ impl Dispatcher {
     }
 }
 
+impl Inner {
+    fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl State {
+    /// The GIL thread's call when it has run past `timeout`.
+    fn stuck(&self, timeout: Duration) -> Option<StuckCall> {
+        let slot = self.slots.iter().find(|slot| slot.pool.is_none())?;
+        let running = slot.running.as_ref()?;
+        let running_for = running.started.elapsed();
+        (running_for >= timeout).then(|| StuckCall {
+            servable: running
+                .function
+                .split_once('.')
+                .map_or(running.function.as_str(), |(servable, _)| servable)
+                .to_owned(),
+            function: running.function.clone(),
+            method: running.method.clone(),
+            running_for,
+        })
+    }
+
+    /// `stuck`, when `call` could only run on the GIL thread.
+    fn stuck_for(&self, call: &FunctionCall, timeout: Duration) -> Option<StuckCall> {
+        if self.routes.contains_key(&call.function) {
+            return None;
+        }
+        self.stuck(timeout)
+    }
+}
+
+/// The watch thread: every `WATCH_EVERY`, a worker whose call ran past the call timeout is aborted (killed and
+/// restarted: its requests have failed with the timeout already), and a call on the GIL thread that did is logged
+/// once (nothing can stop it there; readiness and /metrics report it while it runs).
+fn watch(inner: &Weak<Inner>) {
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        let Some(inner) = inner.upgrade() else { return };
+        let timeout = inner.call_timeout();
+        let mut aborts = Vec::new();
+        {
+            let mut state = inner.lock();
+            if state.stopped {
+                return;
+            }
+            for slot in &mut state.slots {
+                let Some(running) = slot.running.as_mut() else { continue };
+                if running.overdue || running.started.elapsed() < timeout {
+                    continue;
+                }
+                running.overdue = true;
+                let what = format!(
+                    "{} (method '{}') ran past the call timeout of {:.1} s",
+                    log_text(&running.function),
+                    log_text(&running.method),
+                    timeout.as_secs_f64()
+                );
+                if slot.pool.is_some() {
+                    aborts.push((slot.executor.clone(), what));
+                } else {
+                    tracing::error!(
+                        "the Python stage {what} on the server's Python thread, where it cannot be stopped: it \
+                         has been running since {:.1} s ago; the server reports not ready until it returns",
+                        running.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        for (executor, what) in aborts {
+            executor.abort(&format!("its call {what}"));
+        }
+    }
+}
+
 impl PythonStages for Dispatcher {
     fn submit(&self, call: FunctionCall) -> BoxFuture<'static, Vec<InstanceResult>> {
         let count = call.instances.len();
+        let timeout = self.inner.call_timeout();
         let (reply, answer) = oneshot::channel();
         let starts = {
             let mut state = self.inner.lock();
             if state.stopped {
                 Err(ServeError::Unavailable(STOPPED.into()))
+            } else if let Some(stuck) = state.stuck_for(&call, timeout) {
+                // Only the GIL thread could run it, and it will not come back in time: fail now, not at the timeout.
+                Err(ServeError::Unavailable(format!("Serving Error: {}", stuck.describe())))
             } else {
                 if state.waiting.len() >= state.max_waiting {
                     // Calls whose client went away do not count against the bound.
@@ -456,6 +601,14 @@ impl PythonStages for Dispatcher {
                 .unwrap_or_else(|_| vec![Err(ServeError::Unavailable(STOPPED.into())); count])
         })
     }
+
+    fn stuck(&self) -> Option<StuckCall> {
+        self.inner.lock().stuck(self.inner.call_timeout())
+    }
+}
+
+fn duration_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -471,9 +624,15 @@ mod tests {
         name: &'static str,
         tickets: Mutex<mpsc::Sender<(&'static str, Ticket)>>,
         refuse: std::sync::atomic::AtomicBool,
+        aborted: Mutex<Vec<String>>,
     }
 
     impl StageExecutor for Fake {
+        fn abort(&self, why: &str) -> bool {
+            self.aborted.lock().unwrap().push(why.to_owned());
+            self.name != "gil"
+        }
+
         fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
             if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(ticket);
@@ -495,6 +654,7 @@ mod tests {
             name,
             tickets: Mutex::new(tx.clone()),
             refuse: std::sync::atomic::AtomicBool::new(false),
+            aborted: Mutex::default(),
         })
     }
 
@@ -790,6 +950,47 @@ mod tests {
             matches!(&b[0], Err(ServeError::Internal(t)) if t.contains("answered 0 results")),
             "{b:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn overdue_calls_abort_their_worker_and_a_stuck_gil_thread_is_reported() {
+        let rig = rig(1);
+        rig.dispatcher.set_call_timeout(Duration::from_millis(100));
+        let on_gil = rig.dispatcher.submit(call(2, None, &[1]));
+        let (_, t_gil) = next(&rig);
+        let on_worker = rig.dispatcher.submit(call(0, None, &[2]));
+        let (who, t_worker) = next(&rig);
+        assert_eq!(who, "w1");
+        assert!(rig.dispatcher.stuck().is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rig.fakes[1].aborted.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The worker's call is aborted once; the GIL thread is never asked (it cannot be), only reported.
+        let aborted = rig.fakes[1].aborted.lock().unwrap().clone();
+        assert_eq!(
+            aborted,
+            vec!["its call svc.f0 (method 'm') ran past the call timeout of 0.1 s".to_owned()]
+        );
+        assert!(rig.fakes[0].aborted.lock().unwrap().is_empty());
+        let stuck = rig.dispatcher.stuck().expect("the GIL call is stuck");
+        assert_eq!((stuck.servable.as_str(), stuck.function.as_str()), ("svc", "svc.f2"));
+        // A new call for the GIL thread fails at once; one for the pool still queues.
+        let refused = rig.dispatcher.submit(call(2, None, &[3])).await;
+        assert!(
+            matches!(&refused[0], Err(ServeError::Unavailable(t)) if t.contains("has been running svc.f2")),
+            "{refused:?}"
+        );
+        let queued = rig.dispatcher.submit(call(1, None, &[4]));
+        t_worker.fail_down(&ServeError::Unavailable("killed".into()));
+        echo(t_gil);
+        assert!(rig.dispatcher.stuck().is_none());
+        assert_eq!(got(&on_gil.await), vec![1001]);
+        assert!(on_worker.await[0].is_err());
+        rig.controls[0].set_up();
+        let (_, t4) = next(&rig);
+        echo(t4);
+        assert_eq!(got(&queued.await), vec![1004]);
     }
 
     #[tokio::test]

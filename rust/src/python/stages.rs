@@ -6,12 +6,14 @@
 
 use super::convert::{py_to_tensor, tensor_to_py};
 use crate::error::ServeError;
+use crate::log_text::log_text;
 use crate::pipeline::{FunctionCall, ModelSet};
 use crate::request::InstanceResult;
 use crate::tensor::Tensor;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -50,10 +52,18 @@ impl Call<'_> {
 
     fn raised(&self, py: Python<'_>, err: &PyErr) -> Failure {
         let traceback = err.traceback(py).and_then(|tb| tb.format().ok()).unwrap_or_default();
+        // NOTE: the exception text may echo request data: escaped, and every traceback line indented, so nothing in
+        // it can pass for a log record of its own.
+        let mut indented = String::new();
+        for line in traceback.lines() {
+            let _ = write!(indented, "\n    {}", log_text(line));
+        }
         tracing::warn!(
-            "{}: stage {} raised {err}\n{traceback}",
-            self.call.method,
-            self.call.tag
+            "{}: stage {} raised {}{traceback}",
+            log_text(&self.call.method),
+            log_text(&self.call.tag),
+            log_text(&err.to_string()),
+            traceback = indented
         );
         let text = err.value(py).str().map_or_else(|_| err.to_string(), |s| s.to_string());
         Failure::Raised(text)
@@ -205,7 +215,12 @@ pub fn run(py: Python<'_>, function: &Bound<'_, PyAny>, call: &FunctionCall) -> 
     match outcome {
         Ok(results) => results,
         Err(Failure::Contract(text) | Failure::Raised(text)) => {
-            tracing::error!("{}: stage {} broke its contract: {text}", call.method, call.tag);
+            tracing::error!(
+                "{}: stage {} broke its contract: {}",
+                log_text(&call.method),
+                log_text(&call.tag),
+                log_text(&text)
+            );
             vec![Err(stage.error(&text)); n]
         }
     }

@@ -78,6 +78,8 @@ struct Shared {
     wake: Wake,
     stopping: AtomicBool,
     pid: AtomicU32,
+    /// Why the dispatcher had the worker killed (`StageExecutor::abort`), for the error text and the log.
+    aborted: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl WorkerHandle {
                 wake: Wake::new()?,
                 stopping: AtomicBool::new(false),
                 pid: AtomicU32::new(0),
+                aborted: Mutex::new(None),
             }),
             thread: Mutex::new(None),
         }))
@@ -169,6 +172,18 @@ impl WorkerHandle {
 }
 
 impl StageExecutor for WorkerHandle {
+    /// Kills the worker process (SIGKILL: a stage stuck in C code ignores anything gentler); the supervisor then
+    /// fails the call with `why` and restarts the worker.
+    fn abort(&self, why: &str) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        *self.shared.aborted.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_owned());
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: kill(2) takes plain integers; `pid` is our own child, reaped only by the supervisor after it ends.
+        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    }
+
     fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
         if self.shared.stopping() {
             return Err(ticket);
@@ -212,7 +227,9 @@ fn supervise(shared: &Shared, control: &SlotControl, first: mpsc::Sender<Result<
                         break;
                     }
                     Ended::Died(how) => {
-                        tracing::error!("{label}: process {} {how}; restarting it", process.pid);
+                        let why = shared.aborted.lock().unwrap_or_else(PoisonError::into_inner).take();
+                        let why = why.map(|why| format!(" ({why})")).unwrap_or_default();
+                        tracing::error!("{label}: process {} {how}{why}; restarting it", process.pid);
                     }
                 }
                 if began.elapsed() >= STABLE_AFTER {
@@ -460,6 +477,10 @@ impl Process {
 
     fn died(&self, shared: &Shared, how: &str, call: &CallMeta) -> ServeError {
         let config = &shared.config;
+        let how = match shared.aborted.lock().unwrap_or_else(PoisonError::into_inner).as_deref() {
+            Some(why) => format!("{how} ({why})"),
+            None => how.to_owned(),
+        };
         ServeError::Unavailable(format!(
             "{STOPPED}: the Python worker process {} of servable '{}' version {} {how} while running {} of method \
              '{}'; it is being restarted",
