@@ -146,16 +146,28 @@ impl Service {
         self.max_queued_instances.store(limit.max(1), Ordering::Relaxed);
     }
 
-    /// The first model queue of `plan` that is full, as a client-facing error.
-    fn full_model_queue(&self, plan: &MethodPlan) -> Option<ServeError> {
+    /// The first model queue of `plan` that has no room for `count` more instances, as a client-facing error: the
+    /// instances of one request count against the limit, so one huge request cannot take every model's queue.
+    fn full_model_queue(&self, plan: &MethodPlan, count: usize) -> Option<ServeError> {
         let limit = self.max_queued_instances.load(Ordering::Relaxed);
         plan.spec.stages.iter().find_map(|stage| {
             let StageKind::Model { model, subgraph } = stage.kind else {
                 return None;
             };
             let queue = plan.models.queue(model, subgraph)?;
+            if count > limit {
+                return Some(ServeError::InvalidInput(format!(
+                    "Serving Error: the request has {count} instances, more than the {limit} that may queue for \
+                     model '{}' (servable: {}, version: {}, method: {}); send fewer per request, or raise the limit \
+                     with --max-queued-instances (server.set_max_queued_instances)",
+                    queue.model(),
+                    plan.servable,
+                    plan.version,
+                    plan.spec.name
+                )));
+            }
             let depth = queue.queue_depth();
-            (depth >= limit).then(|| {
+            (depth + count > limit).then(|| {
                 ServeError::Overloaded(format!(
                     "Serving Error: the queue of model '{}' is full ({depth} instances queued, limit {limit}), \
                      servable: {}, version: {}, method: {}; retry later",
@@ -248,7 +260,7 @@ impl Service {
                     }
                     ordered.push(inputs);
                 }
-                if let Some(full) = self.full_model_queue(&plan) {
+                if let Some(full) = self.full_model_queue(&plan, ordered.len()) {
                     return PredictReply::Failed(full);
                 }
                 let timeout = self.request_timeout();

@@ -298,7 +298,18 @@ impl ModelQueue {
             };
             return vec![result];
         }
-        futures::future::join_all(instances.into_iter().map(|inputs| self.infer(inputs))).await
+        // NOTE: every instance is queued first, then the answers are awaited in order: one future for the request.
+        // A join of one future per instance spent its time in FuturesUnordered re-waking itself once tokio's
+        // cooperative budget ran out (250k instances: 40 s of I/O-thread CPU instead of 2.5 s).
+        let queued: Vec<_> = instances.into_iter().map(|inputs| self.submit(inputs)).collect();
+        let mut results = Vec::with_capacity(queued.len());
+        for instance in queued {
+            results.push(match instance {
+                Ok(rx) => rx.await.unwrap_or_else(|_| Err(self.stopped())),
+                Err(e) => Err(e),
+            });
+        }
+        results
     }
 
     /// Runs the instance on the calling thread when that loses nothing and saves the two thread hand-offs: the model
