@@ -1,19 +1,26 @@
-"""Huge requests: what one request may hold, and that the server keeps serving everyone else.
+"""Huge requests and many connections: what one client may hold, and that the server keeps serving everyone else.
 
 The instances of one request count against the model queue limit (`--max-queued-instances`): a request with more
 instances than the limit is refused at once, naming the limit and the setting that raises it; one within it is
-answered in full.
+answered in full. Each listener keeps at most `--max-connections` open (more wait in the backlog), closes
+connections that send nothing within `--connection-idle-timeout-s`, and backs off (and logs) when accepting fails.
 """
 
 from __future__ import annotations
 
+import os
+import resource
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import models
 import numpy as np
-from conftest import ADD_CONFIG, Grpc, ServerProcess
+import pytest
+import requests
+from conftest import ADD_CONFIG, RPC_TIMEOUT_S, Grpc, ServerProcess, wait_for
 
 INVALID_INPUTS = 2
 LIMIT = 1000
@@ -42,3 +49,103 @@ def test_a_request_larger_than_the_model_queue_limit_is_refused_at_once(
             np.testing.assert_array_equal(out["y"], 2 * x + i)
     finally:
         grpc.close()
+
+
+# --- connections -----------------------------------------------------------------------------------------------
+
+
+def _silent_socket(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.settimeout(30)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Reads (an HTTP/2 server sends its SETTINGS at once) until the server closes `sock`: True at EOF or reset, False
+    when it stays open for the socket's timeout."""
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_silent_connections_are_closed_after_the_idle_timeout(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess]
+) -> None:
+    folder = make_servable("add", ADD_CONFIG)
+    models.build_add(folder / "1" / "add.onnx")
+    server = start_server(folder.parent, extra=["--connection-idle-timeout-s", "1"])
+    began = time.monotonic()
+    socks = [_silent_socket(server.grpc_port), _silent_socket(server.rest_port)]
+    try:
+        # Neither an HTTP/2 preface nor a request: both listeners hang up after about a second.
+        assert all(_closed_by_server(sock) for sock in socks)
+        assert time.monotonic() - began >= 0.9
+        # A connection that talks is served as usual.
+        assert requests.get(f"{server.rest_base}/v2/health/live", timeout=RPC_TIMEOUT_S).status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_connections_past_the_limit_wait_for_a_free_place(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess]
+) -> None:
+    folder = make_servable("add", ADD_CONFIG)
+    models.build_add(folder / "1" / "add.onnx")
+    server = start_server(folder.parent, extra=["--max-connections", "2", "--connection-idle-timeout-s", "3"])
+    live = f"{server.rest_base}/v2/health/live"
+    socks = [_silent_socket(server.rest_port), _silent_socket(server.rest_port)]
+    try:
+        time.sleep(0.3)  # both accepted: the two places are taken
+        # A third connection waits in the backlog: no answer while the silent two hold their places...
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(live, timeout=1)
+        # ...and is served once the idle timeout frees them.
+        assert all(_closed_by_server(sock) for sock in socks)
+        assert requests.get(live, timeout=RPC_TIMEOUT_S).status_code == 200
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_running_out_of_file_descriptors_backs_off_and_logs(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess]
+) -> None:
+    """With its descriptors exhausted, each listener logs and retries with back-off instead of spinning."""
+    folder = make_servable("add", ADD_CONFIG)
+    models.build_add(folder / "1" / "add.onnx")
+    server = start_server(folder.parent)
+    pid = server.proc.pid
+    socks: list[socket.socket] = []
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        # A few descriptors to spare: the next connections find none.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 4, hard))
+        for port in (server.grpc_port, server.rest_port) * 8:
+            socks.append(_silent_socket(port))
+        wait_for(lambda: server.stderr_text().count("listener: accept failed") >= 2, "both listeners' accept errors")
+        stderr = server.stderr_text()
+        assert "gRPC listener: accept failed" in stderr and "REST listener: accept failed" in stderr, stderr
+        assert "Too many open files" in stderr, stderr
+        before = _cpu_seconds(pid)
+        time.sleep(2)
+        # Not a speed bound: a spinning accept loop burns a whole core (2 s); backing off costs next to nothing.
+        assert _cpu_seconds(pid) - before < 0.5
+    finally:
+        for sock in socks:
+            sock.close()
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for(
+        lambda: requests.get(f"{server.rest_base}/v2/health/live", timeout=RPC_TIMEOUT_S).status_code == 200,
+        "the server to accept again",
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

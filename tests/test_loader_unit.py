@@ -534,6 +534,9 @@ class FakeServer:
     def set_max_queued_instances(self, limit: int) -> None:
         self.max_queued_instances = limit
 
+    def set_connection_limits(self, max_connections: int, idle_timeout_s: float) -> None:
+        self.connection_limits = (max_connections, idle_timeout_s)
+
     def set_max_queued_python_calls(self, limit: int) -> None:
         self.max_queued_python_calls = limit
 
@@ -782,6 +785,8 @@ class Server:
     def set_max_queued_instances(self, limit):
         pass
     def set_max_queued_python_calls(self, limit):
+        pass
+    def set_connection_limits(self, max_connections, idle_timeout_s):
         pass
     def stop(self):
         print("native stop", flush=True)

@@ -66,6 +66,8 @@ class Server:
         """Bounds the requests in flight (MindSpore's `set_max_enqueued_requests`): further requests fail at once."""
     def set_max_queued_python_calls(self, limit: int) -> None:
         """Bounds the Python stage calls waiting for an executor: further calls fail at once."""
+    def set_connection_limits(self, max_connections: int, idle_timeout_s: float) -> None:
+        """Sets how many connections each listener started later keeps open, and when a silent one is closed."""
     def set_drain_timeout(self, seconds: float) -> None:
         """Sets how long `stop` lets requests in flight finish, in seconds (>= 0)."""
     def servables(self) -> list[tuple[str, int, list[str]]]:

@@ -144,6 +144,20 @@ def _parser() -> argparse.ArgumentParser:
         help="Python stage calls that may wait for an executor; further ones fail at once (default 10000)",
     )
     start.add_argument(
+        "--max-connections",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="open connections per listener; further ones wait in the kernel's backlog (default 10000)",
+    )
+    start.add_argument(
+        "--connection-idle-timeout-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a connection that sends nothing (no HTTP/2 preface, no request) within S seconds is closed (default 10)",
+    )
+    start.add_argument(
         "--model-control-mode",
         choices=("none", "explicit"),
         default="none",
@@ -332,6 +346,7 @@ def _start(args: argparse.Namespace) -> int:
         server.set_max_enqueued_requests(args.max_enqueued_requests)
         server.set_max_queued_instances(args.max_queued_instances)
         server.set_max_queued_python_calls(args.max_queued_python_calls)
+        server.set_connection_limits(args.max_connections, args.connection_idle_timeout_s)
         specs = _load_servables(args, directory, names)
         if args.model_control_mode == "explicit":
             # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.

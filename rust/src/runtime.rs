@@ -6,6 +6,7 @@ use crate::error::ServeError;
 use crate::ingress;
 use crate::ingress::grpc::MsGrpc;
 use crate::ingress::kserve_grpc::KserveGrpc;
+use crate::ingress::listen;
 use crate::proto::ms::ms_service_server::MsServiceServer;
 use crate::service::Service;
 use std::net::SocketAddr;
@@ -21,6 +22,9 @@ pub const IO_THREADS_ENV: &str = "RUSTSERVE_IO_THREADS";
 
 /// How often the gRPC health service re-checks whether every servable is loaded.
 const HEALTH_RECHECK: Duration = Duration::from_secs(1);
+
+/// Concurrent HTTP/2 streams (gRPC calls) per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// How long `stop` waits for requests in flight before dropping them, unless `set_drain_timeout` changed it.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +43,33 @@ pub struct ServerRuntime {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<(Listener, JoinHandle<()>)>>,
     drain_timeout: Mutex<Duration>,
+    connection_limits: Mutex<listen::Limits>,
+}
+
+/// Serves gRPC on `incoming` until `stop`.
+async fn serve_grpc<S>(
+    router: tonic::transport::server::Router,
+    incoming: listen::Incoming<S>,
+    stop: impl Future<Output = ()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
+    if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
+        tracing::error!("gRPC server failed: {err}");
+    }
+}
+
+/// Serves REST on `incoming` until `stop`.
+async fn serve_rest<S>(
+    app: axum::Router,
+    incoming: listen::Incoming<S>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if let Err(err) = axum::serve(incoming, app).with_graceful_shutdown(stop).await {
+        tracing::error!("REST server failed: {err}");
+    }
 }
 
 /// `RUSTSERVE_IO_THREADS`, when set to a positive number.
@@ -82,6 +113,7 @@ impl ServerRuntime {
             stop: watch::channel(false).0,
             tasks: Mutex::default(),
             drain_timeout: Mutex::new(DRAIN_TIMEOUT),
+            connection_limits: Mutex::new(listen::Limits::default()),
         })
     }
 
@@ -223,27 +255,21 @@ impl ServerRuntime {
             set_all(reporter, ServingStatus::NotServing).await;
         });
         let router = tonic::transport::Server::builder()
+            // A client may not open streams without bound on one connection (each may declare a large message).
+            .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
             .add_service(health)
             .add_service(ingress::grpc::ms_service(service.clone(), max_bytes))
             .add_service(ingress::kserve_grpc::kserve_service(service, max_bytes));
         let stop = self.stop_signal();
-        let task = if let Some(config) = tls_config {
-            let _guard = self.handle.enter();
-            let incoming = ingress::tls::TlsIncoming::spawn(listener, config, self.stop_signal())
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
-            self.handle.spawn(async move {
-                if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                    tracing::error!("gRPC server failed: {err}");
-                }
-            })
-        } else {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            self.handle.spawn(async move {
-                if let Err(err) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                    tracing::error!("gRPC server failed: {err}");
-                }
-            })
+        let limit = self.connection_limits();
+        let _guard = self.handle.enter();
+        let spawned = match tls_config {
+            Some(config) => listen::tls(listener, "gRPC", limit, config, self.stop_signal())
+                .map(|incoming| self.handle.spawn(serve_grpc(router, incoming, stop))),
+            None => listen::plain(listener, "gRPC", limit, self.stop_signal())
+                .map(|incoming| self.handle.spawn(serve_grpc(router, incoming, stop))),
         };
+        let task = spawned.map_err(|e| ServeError::Internal(e.to_string()))?;
         self.track(Listener::Grpc, task);
         Ok(port)
     }
@@ -257,7 +283,6 @@ impl ServerRuntime {
         max_bytes: usize,
         tls: Option<&ingress::tls::TlsFiles>,
     ) -> Result<u16, ServeError> {
-        use axum::serve::ListenerExt;
         let (listener, port) = self.open(address, Listener::Rest)?;
         let tls_config = match tls {
             Some(files) => Some(
@@ -268,27 +293,32 @@ impl ServerRuntime {
         };
         let app = ingress::http::router(service, max_bytes);
         let stop = self.stop_signal();
-        let task = if let Some(config) = tls_config {
-            let _guard = self.handle.enter();
-            let incoming = ingress::tls::TlsIncoming::spawn(listener, config, self.stop_signal())
-                .map_err(|e| ServeError::Internal(e.to_string()))?;
-            self.handle.spawn(async move {
-                if let Err(err) = axum::serve(incoming, app).with_graceful_shutdown(stop).await {
-                    tracing::error!("REST server failed: {err}");
-                }
-            })
-        } else {
-            self.handle.spawn(async move {
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-                    tracing::error!("REST server failed: {err}");
-                }
-            })
+        let limit = self.connection_limits();
+        let _guard = self.handle.enter();
+        let spawned = match tls_config {
+            Some(config) => listen::tls(listener, "REST", limit, config, self.stop_signal())
+                .map(|incoming| self.handle.spawn(serve_rest(app, incoming, stop))),
+            None => listen::plain(listener, "REST", limit, self.stop_signal())
+                .map(|incoming| self.handle.spawn(serve_rest(app, incoming, stop))),
         };
+        let task = spawned.map_err(|e| ServeError::Internal(e.to_string()))?;
         self.track(Listener::Rest, task);
         Ok(port)
+    }
+
+    /// Sets the connection limits of the listeners started after this.
+    pub fn set_connection_limits(&self, limits: listen::Limits) {
+        *self
+            .connection_limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    fn connection_limits(&self) -> listen::Limits {
+        *self
+            .connection_limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stops accepting, waits up to the drain timeout for requests in flight, then shuts the runtime down.

@@ -40,6 +40,7 @@ __all__ = [
     "SSLConfig",
     "ServableStartConfig",
     "register",
+    "set_connection_limits",
     "set_drain_timeout",
     "set_max_enqueued_requests",
     "set_max_queued_instances",
@@ -833,6 +834,25 @@ def set_drain_timeout(seconds: float) -> None:
     seconds = _check_seconds("seconds", seconds, allow_zero=True)
     _get_server().set_drain_timeout(seconds)
     _state.drain_timeout_s = seconds
+
+
+def set_connection_limits(max_connections: int = 10000, idle_timeout: float = 10.0) -> None:
+    """Sets, for the listeners started after this call, how many connections each keeps open at once (further ones
+    wait in the kernel's backlog) and how long a connection that has sent nothing (no HTTP/2 preface, no request)
+    stays open (defaults 10000 and 10 s).
+
+    Args:
+        max_connections: Open connections per listener, >= 1.
+        idle_timeout: Seconds a silent connection is kept after it was accepted, > 0.
+
+    Raises:
+        RuntimeError: A parameter is out of range.
+
+    Example:
+        >>> server.set_connection_limits(max_connections=1000, idle_timeout=5)
+    """
+    _check_int("max_connections", max_connections, 1)
+    _get_server().set_connection_limits(max_connections, _check_seconds("idle_timeout", idle_timeout, allow_zero=False))
 
 
 def set_max_queued_instances(limit: int) -> None:

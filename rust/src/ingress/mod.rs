@@ -6,4 +6,5 @@ pub mod http;
 pub mod kserve;
 pub mod kserve_grpc;
 pub mod kserve_http;
+pub mod listen;
 pub mod tls;

@@ -1,15 +1,11 @@
 //! TLS and mutual TLS for both listeners. One rustls `ServerConfig` (ring provider) is built from PEM files at start,
-//! so a bad certificate or key pair fails `start_grpc` / `start_restful_server` instead of the first handshake. The
-//! acceptor runs each handshake in its own task, so a slow or plaintext client never blocks `accept`, and hands
-//! finished TLS streams to axum (`Listener`) or tonic (`Stream` of connections).
+//! so a bad certificate or key pair fails `start_grpc` / `start_restful_server` instead of the first handshake;
+//! `handshake` runs one connection's handshake (`listen` gives each its own task).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -118,81 +114,17 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<Arc<ServerConfi
     Ok(Arc::new(config))
 }
 
-/// Finished TLS connections from a TCP listener; handshakes run in their own tasks. Implements axum's `Listener`
-/// and is a `Stream` of connections for tonic.
-pub struct TlsIncoming {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsIncoming {
-    /// Takes over `listener` until `stop` resolves (then the port closes; connections already accepted live on).
-    pub fn spawn(
-        listener: TcpListener,
-        config: Arc<ServerConfig>,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<TlsIncoming> {
-        let local = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            tokio::pin!(stop);
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    () = &mut stop => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok(pair) => pair,
-                        Err(err) => {
-                            // EMFILE and friends: back off briefly instead of spinning.
-                            tracing::warn!("TLS listener accept failed: {err}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(err)) => tracing::info!("TLS handshake with {peer} failed: {err}"),
-                        Err(_) => tracing::info!("TLS handshake with {peer} timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsIncoming { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsIncoming {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(pair) => pair,
-            // The acceptor stopped: axum's graceful shutdown is under way, so nothing more will come.
-            None => std::future::pending().await,
+/// Runs the TLS handshake of one accepted connection, bounded by `HANDSHAKE_TIMEOUT`; `None` (logged) when it fails.
+pub async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(err)) => {
+            tracing::info!("TLS handshake with {peer} failed: {err}");
+            None
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-impl futures::Stream for TlsIncoming {
-    type Item = std::io::Result<TlsStream<TcpStream>>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some((tls, _))) => Poll::Ready(Some(Ok(tls))),
-            // Never end the stream: tonic stops on its shutdown signal, which also stopped the acceptor.
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        Err(_) => {
+            tracing::info!("TLS handshake with {peer} timed out");
+            None
         }
     }
 }

@@ -201,6 +201,16 @@ impl PyServer {
         Ok(())
     }
 
+    /// Sets, for listeners started after this, how many connections each keeps open (>= 1; more wait in the
+    /// backlog) and after how many seconds (> 0) a connection that has sent nothing is closed.
+    fn set_connection_limits(&self, max_connections: usize, idle_timeout_s: f64) -> PyResult<()> {
+        self.runtime.set_connection_limits(crate::ingress::listen::Limits {
+            max_connections: positive_limit("max connections", max_connections)?,
+            idle_timeout: positive_duration("connection idle timeout", idle_timeout_s)?,
+        });
+        Ok(())
+    }
+
     /// Sets how long `stop` lets requests in flight finish, in seconds (>= 0).
     fn set_drain_timeout(&self, seconds: f64) -> PyResult<()> {
         if seconds == 0.0 {
