@@ -20,7 +20,7 @@ Rules the table pins, beyond "error + next request works":
   because rows of zero elements cost no bytes ([2^62, 0] would otherwise allocate 2^62 instances).
 * A Python stage that fails is reported like MindSpore's system error (code 3), and as 400 / INVALID_ARGUMENT on
   v2; a request timeout or a dead worker process is "unavailable" (code 4, 503, UNAVAILABLE): retrying may work.
-* gRPC messages over the limit are refused by tonic with OUT_OF_RANGE before any decoding.
+* gRPC messages over the limit are refused with RESOURCE_EXHAUSTED from their header, before the body is read.
 * NaN from a model is data, not an error: JSON has no NaN, so the REST wires write it as `null`.
 """
 
@@ -952,8 +952,9 @@ def _rows() -> list[Row]:
         "http:413",
         str(LIMIT_MB << 20),
     )
-    add("message over the limit", "ms_grpc", _over_limit_ms_grpc, "OUT_OF_RANGE", "decoded message length too large")
-    add("message over the limit", "v2_grpc", _over_limit_v2_grpc, "OUT_OF_RANGE", "decoded message length too large")
+    over = f"more than the limit of {LIMIT_MB << 20} bytes (max_msg_mb_size / --max-msg-mb-size)"
+    add("message over the limit", "ms_grpc", _over_limit_ms_grpc, "RESOURCE_EXHAUSTED", over)
+    add("message over the limit", "v2_grpc", _over_limit_v2_grpc, "RESOURCE_EXHAUSTED", over)
     deep = _deep_json(100_000)
     add(
         "100k nested arrays",

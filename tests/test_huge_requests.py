@@ -12,6 +12,7 @@ import os
 import resource
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,122 @@ def test_running_out_of_file_descriptors_backs_off_and_logs(
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- message sizes and the in-flight budget ------------------------------------------------------------------------
+
+
+class RawGrpc:
+    """One HTTP/2 connection speaking gRPC by hand, to send message headers whose bodies never come."""
+
+    PATH = "/inference.GRPCInferenceService/ModelInfer"
+
+    def __init__(self, port: int):
+        import h2.config
+        import h2.connection
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def start_call(self, declared: int, sent: int) -> int:
+        """Opens a call whose message header declares `declared` bytes, and sends only `sent` of them."""
+        stream = self.conn.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", self.PATH), (":authority", "127.0.0.1")]
+        headers += [("content-type", "application/grpc"), ("te", "trailers")]
+        self.conn.send_headers(stream, headers)
+        self.conn.send_data(stream, b"\x00" + declared.to_bytes(4, "big") + b"\x00" * sent)
+        self._flush()
+        return stream
+
+    def grpc_status(self, stream: int) -> tuple[int, str]:
+        """Waits for the call's grpc-status (trailers-only or trailers) and message."""
+        import h2.events
+
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in event.headers}
+                    found = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+                    if event.stream_id == stream and "grpc-status" in found:
+                        return int(found["grpc-status"]), urllib.parse.unquote(found.get("grpc-message", ""))
+            self._flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _vm_size_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmSize")
+
+
+def test_declared_message_sizes_reserve_nothing_and_over_limit_ones_are_resource_exhausted(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess]
+) -> None:
+    folder = make_servable("add", ADD_CONFIG)
+    models.build_add(folder / "1" / "add.onnx")
+    server = start_server(folder.parent)  # --max-msg-mb-size 100
+    pid = server.proc.pid
+    clients = [RawGrpc(server.grpc_port) for _ in range(4)]
+    try:
+        before = _vm_size_kib(pid)
+        # 40 calls that each declare a message of almost 100 MB and send 3 KB of it.
+        for client in clients:
+            for _ in range(10):
+                client.start_call((100 << 20) - 1, 3000)
+        time.sleep(1.0)
+        grown_mib = (_vm_size_kib(pid) - before) / 1024
+        # Reserving what they declare would map about 4000 MiB; memory follows the bytes that arrived.
+        assert grown_mib < 400, f"the server's address space grew by {grown_mib:.0f} MiB"
+        assert requests.get(f"{server.rest_base}/v2/health/ready", timeout=RPC_TIMEOUT_S).status_code == 200
+        # A declared length over the limit is refused from the header alone, with RESOURCE_EXHAUSTED (8).
+        code, message = clients[0].grpc_status(clients[0].start_call((100 << 20) + 1, 10))
+        assert code == 8, (code, message)
+        assert "more than the limit of 104857600 bytes" in message, message
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_requests_past_the_in_flight_budget_are_refused_at_once(
+    make_servable: Callable[..., Path], start_server: Callable[..., ServerProcess], pb2_modules: tuple[Any, Any]
+) -> None:
+    folder = make_servable("add", ADD_CONFIG)
+    models.build_add(folder / "1" / "add.onnx")
+    server = start_server(folder.parent, extra=["--max-in-flight-mb", "1"])
+    # REST: a body that would pass the budget is refused from its Content-Length, before it is read.
+    big = b'{"instances": [' + b" " * (2 << 20) + b"]}"
+    for path, key in (("/model/add:add_common", "error_msg"), ("/v2/models/add.add_common/infer", "error")):
+        reply = requests.post(f"{server.rest_base}{path}", data=big, timeout=RPC_TIMEOUT_S)
+        assert reply.status_code == 429, reply.text
+        assert "would pass its in-flight limit of 1048576 bytes (--max-in-flight-mb)" in reply.json()[key]
+    # gRPC: the same from the message header.
+    raw = RawGrpc(server.grpc_port)
+    try:
+        code, message = raw.grpc_status(raw.start_call(2 << 20, 10))
+        assert code == 8 and "--max-in-flight-mb" in message, (code, message)
+    finally:
+        raw.close()
+    # Requests within the budget are served as usual.
+    grpc = Grpc(*pb2_modules, server.grpc_address)
+    try:
+        x = np.ones((2, 2), np.float32)
+        (out,) = grpc.ok(grpc.predict("add", "add_common", [{"x1": x, "x2": x}]), 1)
+        np.testing.assert_array_equal(out["y"], 2 * x)
+    finally:
+        grpc.close()
+    reply = requests.post(
+        f"{server.rest_base}/model/add:add_common",
+        json={"instances": [{"x1": [[1.0, 1.0], [1.0, 1.0]], "x2": [[1.0, 1.0], [1.0, 1.0]]}]},
+        timeout=RPC_TIMEOUT_S,
+    )
+    assert reply.json() == {"instances": [{"y": [[2.0, 2.0], [2.0, 2.0]]}]}, reply.text

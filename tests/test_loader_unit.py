@@ -537,6 +537,9 @@ class FakeServer:
     def set_connection_limits(self, max_connections: int, idle_timeout_s: float) -> None:
         self.connection_limits = (max_connections, idle_timeout_s)
 
+    def set_max_in_flight_bytes(self, limit: int) -> None:
+        self.max_in_flight_bytes = limit
+
     def set_max_queued_python_calls(self, limit: int) -> None:
         self.max_queued_python_calls = limit
 
@@ -787,6 +790,8 @@ class Server:
     def set_max_queued_python_calls(self, limit):
         pass
     def set_connection_limits(self, max_connections, idle_timeout_s):
+        pass
+    def set_max_in_flight_bytes(self, limit):
         pass
     def stop(self):
         print("native stop", flush=True)

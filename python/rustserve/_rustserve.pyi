@@ -68,6 +68,8 @@ class Server:
         """Bounds the Python stage calls waiting for an executor: further calls fail at once."""
     def set_connection_limits(self, max_connections: int, idle_timeout_s: float) -> None:
         """Sets how many connections each listener started later keeps open, and when a silent one is closed."""
+    def set_max_in_flight_bytes(self, limit: int) -> None:
+        """Bounds the bytes of request bodies held at once; requests past it are refused (429 / RESOURCE_EXHAUSTED)."""
     def set_drain_timeout(self, seconds: float) -> None:
         """Sets how long `stop` lets requests in flight finish, in seconds (>= 0)."""
     def servables(self) -> list[tuple[str, int, list[str]]]:

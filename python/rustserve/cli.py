@@ -144,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
         help="Python stage calls that may wait for an executor; further ones fail at once (default 10000)",
     )
     start.add_argument(
+        "--max-in-flight-mb",
+        type=int,
+        default=1024,
+        metavar="MB",
+        help="request bodies held at once over every listener; a request past it is refused at once with 429 / "
+        "RESOURCE_EXHAUSTED (default 1024)",
+    )
+    start.add_argument(
         "--max-connections",
         type=int,
         default=10000,
@@ -347,6 +355,7 @@ def _start(args: argparse.Namespace) -> int:
         server.set_max_queued_instances(args.max_queued_instances)
         server.set_max_queued_python_calls(args.max_queued_python_calls)
         server.set_connection_limits(args.max_connections, args.connection_idle_timeout_s)
+        server.set_max_in_flight_mb(args.max_in_flight_mb)
         specs = _load_servables(args, directory, names)
         if args.model_control_mode == "explicit":
             # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.

@@ -48,7 +48,9 @@ pub struct ServerRuntime {
 
 /// Serves gRPC on `incoming` until `stop`.
 async fn serve_grpc<S>(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower::layer::util::Stack<ingress::budget::GrpcGuardLayer, tower::layer::util::Identity>,
+    >,
     incoming: listen::Incoming<S>,
     stop: impl Future<Output = ()>,
 ) where
@@ -254,9 +256,14 @@ impl ServerRuntime {
             }
             set_all(reporter, ServingStatus::NotServing).await;
         });
+        let guard = ingress::budget::GrpcGuardLayer {
+            budget: service.bytes_in_flight.clone(),
+            max_message_bytes: max_bytes,
+        };
         let router = tonic::transport::Server::builder()
             // A client may not open streams without bound on one connection (each may declare a large message).
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+            .layer(guard)
             .add_service(health)
             .add_service(ingress::grpc::ms_service(service.clone(), max_bytes))
             .add_service(ingress::kserve_grpc::kserve_service(service, max_bytes));

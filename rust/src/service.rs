@@ -65,6 +65,8 @@ pub struct Service {
     repository: RwLock<Option<RepositoryAccess>>,
     /// One repository load or unload at a time.
     repository_lock: tokio::sync::Mutex<()>,
+    /// Bytes of request bodies in flight, over every listener.
+    pub bytes_in_flight: Arc<crate::ingress::budget::ByteBudget>,
 }
 
 /// Decrements the in-flight count even when the request future is dropped (client went away).
@@ -121,6 +123,7 @@ impl Service {
             stopping: AtomicBool::new(false),
             repository: RwLock::default(),
             repository_lock: tokio::sync::Mutex::const_new(()),
+            bytes_in_flight: Arc::default(),
         }
     }
 

@@ -43,6 +43,7 @@ __all__ = [
     "set_connection_limits",
     "set_drain_timeout",
     "set_max_enqueued_requests",
+    "set_max_in_flight_mb",
     "set_max_queued_instances",
     "set_max_queued_python_calls",
     "set_request_timeout",
@@ -853,6 +854,26 @@ def set_connection_limits(max_connections: int = 10000, idle_timeout: float = 10
     """
     _check_int("max_connections", max_connections, 1)
     _get_server().set_connection_limits(max_connections, _check_seconds("idle_timeout", idle_timeout, allow_zero=False))
+
+
+def set_max_in_flight_mb(limit: int) -> None:
+    """Bounds the request bodies the server holds at once, over every listener (default 1024 MB).
+
+    A request whose body would pass the bound is refused at once, before its body is read: REST 429, gRPC
+    RESOURCE_EXHAUSTED (`Serving Error: the server is holding ... bytes of requests ...`). A REST body sent without a
+    Content-Length counts as the largest message allowed (`max_msg_mb_size`).
+
+    Args:
+        limit: Megabytes, >= 1.
+
+    Raises:
+        RuntimeError: `limit` is not an int >= 1.
+
+    Example:
+        >>> server.set_max_in_flight_mb(2048)
+    """
+    _check_int("limit", limit, 1)
+    _get_server().set_max_in_flight_bytes(limit << 20)
 
 
 def set_max_queued_instances(limit: int) -> None:

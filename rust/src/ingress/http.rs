@@ -22,15 +22,73 @@ struct RestState {
 /// The REST router; `max_bytes` is the request body limit. The Open Inference Protocol routes (`/v2...`) and
 /// `/metrics` come first; every other path goes to MindSpore's keyword parser, as before.
 pub fn router(service: Arc<Service>, max_bytes: usize) -> Router {
+    let state = RestState {
+        service: service.clone(),
+        max_bytes,
+    };
     Router::new()
         .fallback(mindspore_rest)
         // NOTE: the body limit is enforced in the handler, so the client gets MindSpore's text, not a bare 413.
         .layer(DefaultBodyLimit::disable())
-        .with_state(RestState {
-            service: service.clone(),
-            max_bytes,
-        })
+        .with_state(state.clone())
         .merge(super::kserve_http::routes(service, max_bytes))
+        .layer(axum::middleware::from_fn_with_state(state, hold_body_bytes))
+}
+
+/// Takes the request's body bytes from the server's in-flight budget for as long as it is answered; a request that
+/// would pass the budget gets 429 at once (its body unread). A body of unknown length counts as the largest allowed.
+async fn hold_body_bytes(
+    State(state): State<RestState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let bytes = match declared {
+        Some(length) => length.min(state.max_bytes.saturating_add(1)),
+        None if request.headers().contains_key(header::TRANSFER_ENCODING) => state.max_bytes,
+        None => 0,
+    };
+    match state.service.bytes_in_flight.take(bytes) {
+        Ok(_taken) => next.run(request).await,
+        Err(text) => {
+            let key = if request.uri().path().starts_with("/v2") {
+                "error"
+            } else {
+                "error_msg"
+            };
+            let body = serde_json::json!({ key: text });
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Bodies from this size on are decoded on a blocking thread, so one large body never stalls the I/O thread's
+/// other connections.
+pub const OFFLOAD_DECODE_BYTES: usize = 1 << 20;
+
+/// Runs `decode` on a blocking thread when `bytes` is large (see `OFFLOAD_DECODE_BYTES`), inline otherwise.
+pub async fn decode_off_io<T, F>(bytes: usize, decode: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if bytes < OFFLOAD_DECODE_BYTES {
+        return decode();
+    }
+    match tokio::task::spawn_blocking(decode).await {
+        Ok(decoded) => decoded,
+        // The closure panicked: let the request's task fail the way an inline panic would.
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
 }
 
 fn json_reply(value: &serde_json::Value) -> Response {
@@ -54,7 +112,8 @@ async fn mindspore_rest(State(state): State<RestState>, method: Method, uri: Uri
             state.max_bytes
         )));
     };
-    let instances = match ms_json::decode_body(&bytes, state.max_bytes) {
+    let max_bytes = state.max_bytes;
+    let instances = match decode_off_io(bytes.len(), move || ms_json::decode_body(&bytes, max_bytes)).await {
         Ok(instances) => instances,
         Err(err) => return json_reply(&ms_json::error_body(err.message())),
     };

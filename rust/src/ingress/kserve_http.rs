@@ -269,7 +269,8 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
     let decoded = async {
         let length = header_length(headers)?;
         let bytes = read_body(state, body).await?;
-        kserve_json::decode_request(&bytes, length).map_err(|e| V2Error::bad(format!("model '{model}': {e}")))
+        let decoded = super::http::decode_off_io(bytes.len(), move || kserve_json::decode_request(&bytes, length));
+        decoded.await.map_err(|e| V2Error::bad(format!("model '{model}': {e}")))
     }
     .await;
     let request = match decoded {

@@ -211,6 +211,15 @@ impl PyServer {
         Ok(())
     }
 
+    /// Bounds the bytes of request bodies held at once over every listener (>= 1); a request that would pass it is
+    /// refused at once (REST 429, gRPC RESOURCE_EXHAUSTED).
+    fn set_max_in_flight_bytes(&self, limit: usize) -> PyResult<()> {
+        self.service
+            .bytes_in_flight
+            .set_limit(positive_limit("max in-flight bytes", limit)?);
+        Ok(())
+    }
+
     /// Sets how long `stop` lets requests in flight finish, in seconds (>= 0).
     fn set_drain_timeout(&self, seconds: f64) -> PyResult<()> {
         if seconds == 0.0 {
