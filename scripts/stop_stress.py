@@ -4,7 +4,8 @@
 Each cycle starts `python -m rustserve start` on a copy of the bundled `add` servable plus a Python-only `echo`
 servable, on free loopback ports, then sends SIGINT or SIGTERM (chosen at random) in one of four moments:
 
-- `startup`: at a random time while the server starts (before or around its ready line);
+- `startup`: at a random time while the server starts (before or around its ready line), with worker processes
+  starting half the time;
 - `ready`: as soon as the ready line is printed;
 - `load`: while client threads send requests over REST (Python stages and the model);
 - `workers`: with `--num-parallel-workers 3` (three worker processes), at a random moment, under load half the time.
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import HOST, ROOT, free_port  # noqa: E402
 
 MOMENTS = ("startup", "ready", "load", "workers")
+WORKER_FLAGS = ["--num-parallel-workers", "3"]
 DRAIN_TIMEOUT_S = 2.0
 GRACE_S = 5.0  # the promise: a stop ends within --drain-timeout-s + 5 s
 ECHO_CONFIG = """
@@ -97,13 +99,16 @@ def thread_stacks(pid: int) -> str:
     return result.stdout + result.stderr
 
 
-def cycle(directory: Path, moment: str, sig: signal.Signals, pick: random.Random, start_s: float) -> dict[str, object]:
+def cycle(
+    directory: Path, moment: str, sig: signal.Signals, pick: random.Random, start_s: dict[bool, float]
+) -> dict[str, object]:
     """One start and stop; returns what happened."""
     grpc, rest = f"{HOST}:{free_port()}", f"{HOST}:{free_port()}"
     args = [sys.executable, "-m", "rustserve", "start", "--dir", str(directory), "--grpc", grpc, "--rest", rest]
     args += ["--log-level", "warn", "--drain-timeout-s", str(DRAIN_TIMEOUT_S)]
-    if moment == "workers":
-        args += ["--num-parallel-workers", "3"]
+    workers = moment == "workers" or (moment == "startup" and pick.random() < 0.5)
+    if workers:
+        args += WORKER_FLAGS
     stderr = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert proc.stdout is not None
@@ -112,7 +117,7 @@ def cycle(directory: Path, moment: str, sig: signal.Signals, pick: random.Random
     ready = False
     try:
         if moment == "startup":
-            time.sleep(pick.uniform(0, start_s * 1.2))
+            time.sleep(pick.uniform(0, start_s[workers] * 1.2))
             ready = None  # unknown: the signal may land before or after the ready line
         else:
             for line in proc.stdout:
@@ -157,10 +162,11 @@ def cycle(directory: Path, moment: str, sig: signal.Signals, pick: random.Random
         stderr.close()
 
 
-def measure_start_s(directory: Path) -> float:
+def measure_start_s(directory: Path, extra: list[str]) -> float:
     """How long one start takes here, up to the ready line (the window the `startup` moment aims at)."""
     grpc, rest = f"{HOST}:{free_port()}", f"{HOST}:{free_port()}"
     args = [sys.executable, "-m", "rustserve", "start", "--dir", str(directory), "--grpc", grpc, "--rest", rest]
+    args += extra
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -183,7 +189,7 @@ def main() -> int:
 
     pick = random.Random(args.seed)
     directory = servable_directory()
-    start_s = measure_start_s(directory)
+    start_s = {False: measure_start_s(directory, []), True: measure_start_s(directory, WORKER_FLAGS)}
     burners = [
         multiprocessing.Process(target=burn, args=(time.monotonic() + 24 * 3600,), daemon=True)
         for _ in range(args.cpu_load)
@@ -213,7 +219,7 @@ def main() -> int:
     summary = {
         "cycles": args.cycles,
         "cpu_load": args.cpu_load,
-        "start_s": round(start_s, 3),
+        "start_s": {"plain": round(start_s[False], 3), "workers": round(start_s[True], 3)},
         "outcomes": dict(outcomes),
         "by_moment": {moment: dict(counts) for moment, counts in by_moment.items()},
         "hangs": outcomes["hang"],

@@ -427,7 +427,12 @@ def _keep(stopped: threading.Event) -> None:
 
 
 def _stop_within_deadline() -> None:
-    """`stop()`, but past the drain timeout + STOP_GRACE_S the process exits with EXIT_ABANDONED, whatever hangs."""
+    """`stop()`, but past the drain timeout + STOP_GRACE_S the process exits with EXIT_ABANDONED, whatever hangs.
+
+    For `rustserve start` the deadline covers the whole exit, not just the stop: a main thread still inside a start-up
+    step (waiting for a worker process to come up, say) cannot hold the process either. A script's own code after
+    its KeyboardInterrupt is its business, so there the deadline ends with the stop.
+    """
     limit_s = _state.drain_timeout_s + STOP_GRACE_S
     timer = threading.Timer(limit_s, _abandon, args=(limit_s,))
     timer.daemon = True
@@ -436,7 +441,8 @@ def _stop_within_deadline() -> None:
     try:
         stop()
     finally:
-        timer.cancel()
+        if not _state.foreground:
+            timer.cancel()
 
 
 def _abandon(limit_s: float) -> None:

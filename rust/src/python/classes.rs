@@ -111,19 +111,23 @@ impl PyServer {
         let loaded = py
             .detach(move || load_versions(specs, &executor))
             .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
-        let workers = py
-            .detach(|| start_workers(&self.dispatcher, plans))
-            .map_err(ServableStartError::new_err)?;
-        let mut running = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        // NOTE: `stop` sets `stopped` before it takes the workers, so checking under the lock leaves no gap: workers
-        // that started while a stop ran are stopped here instead of outliving the server.
-        if self.stopped.load(Ordering::Acquire) {
-            drop(running);
-            py.detach(|| stop_workers(&workers));
-            return Err(ServableStartError::new_err("the server has been stopped"));
+        // Each worker joins the server's list as soon as it is spawned, so a stop that comes while it starts stops it
+        // at once (its start then fails) instead of waiting for it to come up.
+        // NOTE: `stop` sets `stopped` before it takes the workers, so checking under the lock leaves no gap.
+        let track = |worker: &Arc<WorkerHandle>| {
+            let mut running = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.stopped.load(Ordering::Acquire) {
+                return false;
+            }
+            running.push(worker.clone());
+            true
+        };
+        if let Err(err) = py.detach(|| start_workers(&self.dispatcher, plans, &track)) {
+            // They are stopped already; forget them.
+            let mut running = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+            running.retain(|worker| !worker.is_stopping());
+            return Err(ServableStartError::new_err(err));
         }
-        running.extend(workers);
-        drop(running);
         for servable in loaded {
             tracing::info!(
                 "servable '{}' version {} ready, methods: {}",
@@ -373,8 +377,13 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
     Ok(plans)
 }
 
-/// Starts every planned worker process in parallel and waits until all are ready; all or none.
-fn start_workers(dispatcher: &Dispatcher, plans: Vec<WorkerPlan>) -> Result<Vec<Arc<WorkerHandle>>, String> {
+/// Starts every planned worker process in parallel and waits until all are ready; all or none. `track` sees each
+/// worker once spawned; when it answers false (the server is stopping), the start fails.
+fn start_workers(
+    dispatcher: &Dispatcher,
+    plans: Vec<WorkerPlan>,
+    track: &dyn Fn(&Arc<WorkerHandle>) -> bool,
+) -> Result<Vec<Arc<WorkerHandle>>, String> {
     let mut handles = Vec::new();
     let mut waits = Vec::new();
     let mut error = None;
@@ -391,8 +400,13 @@ fn start_workers(dispatcher: &Dispatcher, plans: Vec<WorkerPlan>) -> Result<Vec<
             });
             match started {
                 Ok((handle, ready)) => {
+                    let tracked = track(&handle);
                     handles.push(handle);
                     waits.push(ready);
+                    if !tracked {
+                        error = Some("the server is stopping".into());
+                        break;
+                    }
                 }
                 Err(e) => {
                     error = Some(format!("cannot start a Python worker process: {e}"));
@@ -543,7 +557,7 @@ impl Repository for PyRepository {
                 let mut versions = load_versions(specs, &executor)?;
                 // The workers live as long as their version: a reload or an unload stops them once the replaced
                 // version's last request has ended.
-                for worker in start_workers(&dispatcher, plans).map_err(ServeError::Config)? {
+                for worker in start_workers(&dispatcher, plans, &|_| true).map_err(ServeError::Config)? {
                     let number = worker.version();
                     let worker = VersionWorker(worker);
                     match versions.iter_mut().find(|v| v.version == number) {

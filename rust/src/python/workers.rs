@@ -161,6 +161,11 @@ impl WorkerHandle {
         self.shared.wake.raise();
     }
 
+    /// Whether `begin_stop` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping()
+    }
+
     /// Waits until the worker process is gone. Call with the GIL released.
     pub fn join(&self) {
         self.begin_stop();
