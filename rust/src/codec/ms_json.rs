@@ -10,7 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 /// MindSpore's decoder: padding required (it rejects lengths that are not a multiple of 4), but it ignores
 /// the unused low bits of the last symbol, so non-canonical encodings are accepted too.
@@ -63,10 +65,28 @@ pub fn decode_body(body: &[u8], max_bytes: usize) -> Result<Vec<NamedInstance>, 
     }
     // serde_json stops at 128 levels of nesting with an error, so deep bodies cannot overflow the stack here
     // or in the recursive walk below.
-    let json: Value = serde_json::from_slice(body).map_err(|err| invalid(format!("Illegal JSON format.{err}")))?;
-    let instances = parse_instances(&json).map_err(|detail| invalid(format!("Parser request failed, {detail}")))?;
+    let json: &RawValue = serde_json::from_slice(body).map_err(illegal_json)?;
+    let instances = parse_instances(json)?;
     check_items_shapes(&instances)?;
     Ok(instances)
+}
+
+fn illegal_json(err: serde_json::Error) -> ServeError {
+    invalid(format!("Illegal JSON format.{err}"))
+}
+
+fn parse_failed(detail: String) -> ServeError {
+    invalid(format!("Parser request failed, {detail}"))
+}
+
+/// The JSON type of a raw value, from its first character (serde_json has validated it already).
+fn raw_kind(raw: &RawValue) -> u8 {
+    raw.get().bytes().find(|b| !b.is_ascii_whitespace()).unwrap_or(b'n')
+}
+
+/// A raw value as a `Value` tree (this is where nesting deeper than 128 levels is refused).
+fn tree(raw: &RawValue) -> Result<Value, ServeError> {
+    serde_json::from_str(raw.get()).map_err(illegal_json)
 }
 
 /// Encodes a reply (the caller serialises it): `{"instances": [...]}` or `{"error_msg": "..."}`.
@@ -139,19 +159,40 @@ fn parse_version(text: &str) -> Result<u64, ServeError> {
 }
 
 /// The `instances` value; `Err` holds the text that follows `"Parser request failed, "`.
-fn parse_instances(json: &Value) -> Result<Vec<NamedInstance>, String> {
-    let Some(instances) = json.get("instances") else {
-        return Err("key 'instances' expects to exist once, but actually 0 times".into());
+/// NOTE: the body stays raw JSON down to one instance at a time: only that instance becomes a `Value` tree, and it
+/// is dropped once converted, so a large body never exists as a whole tree (tens of bytes per number) next to its
+/// tensors.
+fn parse_instances(json: &RawValue) -> Result<Vec<NamedInstance>, ServeError> {
+    let instances = match raw_kind(json) {
+        // Duplicate keys: the last one counts, as in a `Value` map.
+        b'{' => serde_json::from_str::<HashMap<String, &RawValue>>(json.get())
+            .map_err(illegal_json)?
+            .remove("instances"),
+        _ => None,
     };
-    match instances {
-        Value::Object(map) if map.is_empty() => Err("json object, value is empty".into()),
-        Value::Object(map) => Ok(vec![parse_instance(map)?]),
-        Value::Array(list) => match list.first() {
-            None => Err("instances value is array type, but no value".into()),
-            Some(Value::Object(_)) => list.iter().map(parse_list_instance).collect(),
-            Some(_) => Err("instances no key mode is not supported".into()),
+    let Some(instances) = instances else {
+        return Err(parse_failed(
+            "key 'instances' expects to exist once, but actually 0 times".into(),
+        ));
+    };
+    match raw_kind(instances) {
+        b'{' => match tree(instances)? {
+            Value::Object(map) if map.is_empty() => Err(parse_failed("json object, value is empty".into())),
+            Value::Object(map) => Ok(vec![parse_instance(&map).map_err(parse_failed)?]),
+            _ => Err(parse_failed("instances no key mode is not supported".into())),
         },
-        _ => Err("instances no key mode is not supported".into()),
+        b'[' => {
+            let list: Vec<&RawValue> = serde_json::from_str(instances.get()).map_err(illegal_json)?;
+            match list.first().map(|first| raw_kind(first)) {
+                None => Err(parse_failed("instances value is array type, but no value".into())),
+                Some(b'{') => list
+                    .iter()
+                    .map(|raw| parse_list_instance(&tree(raw)?).map_err(parse_failed))
+                    .collect(),
+                Some(_) => Err(parse_failed("instances no key mode is not supported".into())),
+            }
+        }
+        _ => Err(parse_failed("instances no key mode is not supported".into())),
     }
 }
 
