@@ -41,6 +41,8 @@ pub enum Status {
     Internal,
     /// HTTP 504, gRPC DEADLINE_EXCEEDED.
     Timeout,
+    /// HTTP 429, gRPC RESOURCE_EXHAUSTED: the server holds too much already; retry later.
+    TooMany,
     /// HTTP 401, gRPC UNAUTHENTICATED.
     Unauthenticated,
     /// HTTP 403, gRPC PERMISSION_DENIED.

@@ -20,7 +20,7 @@ fn status(err: V2Error) -> Status {
     let code = match err.status {
         V2Status::BadRequest => tonic::Code::InvalidArgument,
         V2Status::NotFound => tonic::Code::NotFound,
-        V2Status::TooLarge => tonic::Code::ResourceExhausted,
+        V2Status::TooLarge | V2Status::TooMany => tonic::Code::ResourceExhausted,
         V2Status::Unavailable => tonic::Code::Unavailable,
         V2Status::Internal => tonic::Code::Internal,
         V2Status::Timeout => tonic::Code::DeadlineExceeded,

@@ -35,6 +35,7 @@ fn status_code(status: Status) -> StatusCode {
         Status::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Status::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        Status::TooMany => StatusCode::TOO_MANY_REQUESTS,
         Status::Unauthenticated => StatusCode::UNAUTHORIZED,
         Status::Forbidden => StatusCode::FORBIDDEN,
     }
@@ -265,6 +266,10 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
             state.service.metrics.reject(Protocol::KserveRest);
             return error(&err);
         }
+    };
+    let _held = match super::http::take_body_bytes(&state.service, headers, state.max_bytes) {
+        Ok(held) => held,
+        Err(text) => return error(&V2Error::new(Status::TooMany, text)),
     };
     let decoded = async {
         let length = header_length(headers)?;
