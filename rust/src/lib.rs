@@ -19,6 +19,9 @@ pub mod tensor;
 
 use pyo3::prelude::*;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pymodule]
 fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();

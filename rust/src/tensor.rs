@@ -3,7 +3,6 @@
 //! protocol type or Python object ever travels through the batcher or the pipeline.
 
 use bytes::Bytes;
-use std::collections::HashMap;
 
 /// Element type of a tensor; the numbering of `to_ms_proto` is MindSpore Serving's `DataType` enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -200,6 +199,15 @@ impl Tensor {
         }
     }
 
+    /// An empty stand-in left where a tensor was moved out; allocates nothing.
+    pub fn placeholder() -> Tensor {
+        Tensor {
+            dtype: DType::UInt8,
+            shape: Vec::new(),
+            data: TensorData::Raw(Bytes::new()),
+        }
+    }
+
     /// A 0-d `Bytes` tensor.
     pub fn scalar_bytes(value: impl Into<Bytes>) -> Tensor {
         Tensor {
@@ -301,8 +309,82 @@ impl Element for bool {
     }
 }
 
-/// One request instance as it arrives on the wire: input name -> tensor.
-pub type NamedInstance = HashMap<String, Tensor>;
+/// One request instance as it arrives on the wire: input name -> tensor, each name once (a repeated name keeps its
+/// last tensor, as a map would).
+///
+/// NOTE: a short list, not a hash map: instances have a handful of inputs, and one request can hold a million
+/// instances, where a hash table's buckets would cost several times the JSON they came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NamedInstance(Vec<(String, Tensor)>);
+
+impl NamedInstance {
+    pub fn new() -> NamedInstance {
+        NamedInstance::default()
+    }
+
+    /// Adds or replaces `name`; answers the tensor it replaced.
+    pub fn insert(&mut self, name: String, tensor: Tensor) -> Option<Tensor> {
+        if let Some((_, slot)) = self.0.iter_mut().find(|(n, _)| *n == name) {
+            return Some(std::mem::replace(slot, tensor));
+        }
+        self.0.push((name, tensor));
+        None
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        let at = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Names and tensors, in the order they were first inserted.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.0.iter().map(|(n, t)| (n, t))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(n, _)| n)
+    }
+}
+
+impl FromIterator<(String, Tensor)> for NamedInstance {
+    fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(pairs: I) -> NamedInstance {
+        let pairs = pairs.into_iter();
+        let mut instance = NamedInstance(Vec::with_capacity(pairs.size_hint().0));
+        for (name, tensor) in pairs {
+            instance.insert(name, tensor);
+        }
+        instance
+    }
+}
+
+/// `instance["x"]` in tests, panicking on a missing name like a map's index.
+#[cfg(test)]
+impl std::ops::Index<&str> for NamedInstance {
+    type Output = Tensor;
+    fn index(&self, name: &str) -> &Tensor {
+        self.get(name).expect("no such input")
+    }
+}
+
+impl IntoIterator for NamedInstance {
+    type Item = (String, Tensor);
+    type IntoIter = std::vec::IntoIter<(String, Tensor)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! with `binary_data` / `binary_data_output`, appended raw after the JSON), and the metadata, configuration,
 //! statistics and repository-index documents.
 
+use super::json_text::{FloatText, write_dims, write_element, write_str};
 use super::kserve::{
     EXTENSIONS, IndexEntry, InferInput, InferRequest, InferResponse, ModelDescription, ModelStatsEntry, PLATFORM,
     RequestedOutput, SERVER_NAME, config_type, count_of, datatype, parse_datatype, raw_contents, tensor_from_raw,
@@ -290,22 +291,6 @@ pub fn encode_response(response: &InferResponse) -> (Vec<u8>, Option<usize>) {
     (json, Some(header))
 }
 
-fn write_str(out: &mut Vec<u8>, text: &str) {
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
-}
-
-fn write_dims(out: &mut Vec<u8>, dims: &[i64]) {
-    out.push(b'[');
-    for (i, d) in dims.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(d.to_string().as_bytes());
-    }
-    out.push(b']');
-}
-
 /// The flat row-major `data` list. Floats use the shortest text that reads back to the same value; NaN and the
 /// infinities have no JSON literal and become `null`; text is lossy UTF-8 (BYTES that are not UTF-8 need the binary
 /// extension).
@@ -326,36 +311,11 @@ fn write_data(out: &mut Vec<u8>, tensor: &Tensor) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_element(out, tensor.dtype, chunk);
+                write_element(out, tensor.dtype, chunk, FloatText::Shortest);
             }
         }
     }
     out.push(b']');
-}
-
-fn write_element(out: &mut Vec<u8>, dtype: DType, b: &[u8]) {
-    // `chunk` has exactly the dtype's item size (chunks_exact), so the conversions below cannot fail.
-    let _ = match dtype {
-        DType::Bool => serde_json::to_writer(&mut *out, &(b[0] != 0)),
-        DType::Int8 => serde_json::to_writer(&mut *out, &i8::from_le_bytes([b[0]])),
-        DType::UInt8 => serde_json::to_writer(&mut *out, &b[0]),
-        DType::Int16 => serde_json::to_writer(&mut *out, &i16::from_le_bytes([b[0], b[1]])),
-        DType::UInt16 => serde_json::to_writer(&mut *out, &u16::from_le_bytes([b[0], b[1]])),
-        DType::Int32 => serde_json::to_writer(&mut *out, &i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::UInt32 => serde_json::to_writer(&mut *out, &u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::Int64 => serde_json::to_writer(&mut *out, &i64::from_le_bytes(eight(b))),
-        DType::UInt64 => serde_json::to_writer(&mut *out, &u64::from_le_bytes(eight(b))),
-        DType::Float16 => serde_json::to_writer(&mut *out, &half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        DType::Float32 => serde_json::to_writer(&mut *out, &f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        DType::Float64 => serde_json::to_writer(&mut *out, &f64::from_le_bytes(eight(b))),
-        DType::String | DType::Bytes => Ok(()),
-    };
-}
-
-fn eight(b: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&b[..8]);
-    out
 }
 
 /// `{"error": text}`.

@@ -1,5 +1,6 @@
 //! Wire formats <-> core types, one file per format. No routing or scheduling here.
 
+pub mod json_text;
 pub mod kserve;
 pub mod kserve_json;
 pub mod kserve_proto;

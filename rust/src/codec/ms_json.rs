@@ -2,6 +2,7 @@
 //! replies. Parsing follows MindSpore Serving 2.0.2 (`restful_request.cc`, `http_process.cc`) rule by rule so
 //! clients see the same values and the same error texts; the HTTP ingress only moves bytes and sets headers.
 
+use crate::codec::json_text::{FloatText, write_element, write_str};
 use crate::codec::ms_proto::{check_items_shape, tensor_check_error};
 use crate::error::ServeError;
 use crate::request::{MethodRef, PredictReply, ReplyShape};
@@ -25,6 +26,9 @@ const B64_DECODE: GeneralPurpose = GeneralPurpose::new(
 
 /// Most JSON nodes a reply may hold for zero-element tensors (`[n, 0]` makes n empty lists from no data).
 const MAX_EMPTY_LISTS: usize = 1 << 20;
+
+/// The most elements a list's buffer is sized for before its leaves are read.
+const PRESIZE_ELEMENTS: usize = 1 << 16;
 
 /// Parses a REST path into the method it addresses, with MindSpore's keyword-based rules.
 ///
@@ -94,30 +98,46 @@ fn tree(raw: &RawValue) -> Result<Value, ServeError> {
 /// Shape `[]` gives a JSON scalar, other shapes nested lists; float16/32 become JSON numbers (widened to f64,
 /// as MindSpore does); NaN and infinities become `null` (JSON has no literal for them, and nlohmann, which
 /// MindSpore uses, writes `null` too); strings are lossy UTF-8; bytes are `{"b64": "..."}`.
-pub fn encode_reply(reply: &PredictReply) -> Value {
-    let instances: Result<Vec<Value>, String> = match reply.shape() {
+pub fn encode_reply(reply: &PredictReply) -> Vec<u8> {
+    let (output_names, results): (&[String], Vec<Result<&[Tensor], &ServeError>>) = match reply.shape() {
         ReplyShape::OneError(err) => return error_body(err.message()),
-        ReplyShape::AllOk { output_names, outputs } => outputs
-            .iter()
-            .map(|tensors| encode_instance(output_names, tensors))
-            .collect(),
-        ReplyShape::Mixed { output_names, results } => results
-            .iter()
-            .map(|result| match result {
-                Ok(tensors) => encode_instance(output_names, tensors),
-                Err(err) => Ok(error_body(err.message())),
-            })
-            .collect(),
+        ReplyShape::AllOk { output_names, outputs } => (output_names, outputs.into_iter().map(Ok).collect()),
+        ReplyShape::Mixed { output_names, results } => (
+            output_names,
+            results.iter().map(|r| r.as_ref().map(Vec::as_slice)).collect(),
+        ),
     };
-    match instances {
-        Ok(instances) => serde_json::json!({ "instances": instances }),
-        Err(detail) => error_body(&format!("Failed to construct the response: {detail}")),
+    // Checked before writing, so a reply is either whole or one error.
+    for tensors in results.iter().filter_map(|r| r.as_ref().ok()) {
+        for (name, tensor) in output_names.iter().zip(tensors.iter()) {
+            if let Err(detail) = check_encodable(name, tensor) {
+                return error_body(&format!("Failed to construct the response: {detail}"));
+            }
+        }
     }
+    let order = key_order(output_names);
+    let mut out = Vec::with_capacity(64 + results.len() * 32);
+    out.extend_from_slice(b"{\"instances\":[");
+    for (i, result) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match result {
+            Ok(tensors) => write_instance(&mut out, output_names, &order, tensors),
+            Err(err) => out.extend_from_slice(&error_body(err.message())),
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// The REST error body: `{"error_msg": message}`.
-pub fn error_body(message: &str) -> Value {
-    serde_json::json!({ "error_msg": message })
+pub fn error_body(message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    out.extend_from_slice(b"{\"error_msg\":");
+    write_str(&mut out, message);
+    out.push(b'}');
+    out
 }
 
 fn invalid(text: impl Into<String>) -> ServeError {
@@ -396,6 +416,10 @@ fn parse_array(value: &Value) -> Result<Tensor, String> {
         return Err("json array, item is object type, object only support string or bytes type".into());
     }
     let mut leaves = Leaves::new(dtype);
+    // Sized up front so the tensor's buffer is exact (no spare capacity held per instance); capped, because a
+    // malformed list's shape (taken from first elements) can claim far more elements than the body holds.
+    let elements = element_count(&shape).unwrap_or(0).min(PRESIZE_ELEMENTS);
+    leaves.raw.reserve_exact(elements * dtype.item_size());
     walk_array(value, &shape, 0, objects, &mut leaves)?;
     leaves.into_tensor(shape)
 }
@@ -507,7 +531,7 @@ impl Leaves {
 }
 
 /// MindSpore checks string/bytes shapes after the whole body parsed; the smallest failing name per instance
-/// keeps the report deterministic (`NamedInstance` is a `HashMap`).
+/// is the one MindSpore reports.
 fn check_items_shapes(instances: &[NamedInstance]) -> Result<(), ServeError> {
     for instance in instances {
         let failed = instance
@@ -522,17 +546,35 @@ fn check_items_shapes(instances: &[NamedInstance]) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn encode_instance(output_names: &[String], tensors: &[Tensor]) -> Result<Value, String> {
-    let mut map = Map::new();
-    for (name, tensor) in output_names.iter().zip(tensors) {
-        map.insert(name.clone(), encode_tensor(name, tensor)?);
-    }
-    Ok(Value::Object(map))
+/// Output positions in the order their keys are written: sorted by name, like nlohmann's `std::map` that MindSpore
+/// writes replies with; a repeated name keeps its last output.
+fn key_order(output_names: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..output_names.len()).collect();
+    order.sort_by(|&a, &b| output_names[a].cmp(&output_names[b]).then(b.cmp(&a)));
+    order.dedup_by(|later, kept| output_names[*later] == output_names[*kept]);
+    order
 }
 
-fn encode_tensor(name: &str, tensor: &Tensor) -> Result<Value, String> {
-    // Lists are built per element, so only zero-element tensors can ask for more lists than they hold data;
-    // `[4294967295, 0]` would otherwise build billions of `[]`.
+fn write_instance(out: &mut Vec<u8>, output_names: &[String], order: &[usize], tensors: &[Tensor]) {
+    out.push(b'{');
+    let mut first = true;
+    for &i in order {
+        let Some(tensor) = tensors.get(i) else { continue };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_str(out, &output_names[i]);
+        out.push(b':');
+        let mut next = 0;
+        write_nested(out, &tensor.shape, tensor, &mut next);
+    }
+    out.push(b'}');
+}
+
+fn check_encodable(name: &str, tensor: &Tensor) -> Result<(), String> {
+    // Lists are written per element, so only zero-element tensors can ask for more lists than they hold data;
+    // `[4294967295, 0]` would otherwise write billions of `[]`.
     let lists = tensor
         .shape
         .iter()
@@ -546,43 +588,50 @@ fn encode_tensor(name: &str, tensor: &Tensor) -> Result<Value, String> {
             tensor.shape
         ));
     }
-    let mut leaves = leaf_values(tensor).into_iter();
-    Ok(nest(&tensor.shape, &mut leaves))
+    Ok(())
 }
 
-fn nest(shape: &[i64], leaves: &mut impl Iterator<Item = Value>) -> Value {
+/// Shape `[]` is a JSON scalar, other shapes nested lists of the elements in C order; `next` is the next element.
+fn write_nested(out: &mut Vec<u8>, shape: &[i64], tensor: &Tensor, next: &mut usize) {
     match shape.split_first() {
-        None => leaves.next().unwrap_or(Value::Null),
-        Some((&dim, rest)) => Value::Array((0..dim.max(0)).map(|_| nest(rest, leaves)).collect()),
+        None => {
+            write_leaf(out, tensor, *next);
+            *next += 1;
+        }
+        Some((&dim, rest)) => {
+            out.push(b'[');
+            for i in 0..dim.max(0) {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_nested(out, rest, tensor, next);
+            }
+            out.push(b']');
+        }
     }
 }
 
-/// The tensor's elements as JSON values, in C order.
-fn leaf_values(tensor: &Tensor) -> Vec<Value> {
-    fn each<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> Value) -> Vec<Value> {
-        raw.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
-    }
+/// Element `index`: float16/32 widened to float64 as MindSpore does, strings as lossy UTF-8, bytes as `{"b64": ...}`.
+fn write_leaf(out: &mut Vec<u8>, tensor: &Tensor, index: usize) {
     match &tensor.data {
-        TensorData::Items(items) if tensor.dtype == DType::Bytes => items
-            .iter()
-            .map(|b| serde_json::json!({ "b64": general_purpose::STANDARD.encode(b) }))
-            .collect(),
-        TensorData::Items(items) => items.iter().map(|b| Value::from(String::from_utf8_lossy(b))).collect(),
-        TensorData::Raw(raw) => match tensor.dtype {
-            DType::Bool => raw.iter().map(|&b| Value::Bool(b != 0)).collect(),
-            DType::Int8 => each(raw, |b| Value::from(i8::from_le_bytes(b))),
-            DType::UInt8 => each(raw, |b| Value::from(u8::from_le_bytes(b))),
-            DType::Int16 => each(raw, |b| Value::from(i16::from_le_bytes(b))),
-            DType::UInt16 => each(raw, |b| Value::from(u16::from_le_bytes(b))),
-            DType::Int32 => each(raw, |b| Value::from(i32::from_le_bytes(b))),
-            DType::UInt32 => each(raw, |b| Value::from(u32::from_le_bytes(b))),
-            DType::Int64 => each(raw, |b| Value::from(i64::from_le_bytes(b))),
-            DType::UInt64 => each(raw, |b| Value::from(u64::from_le_bytes(b))),
-            DType::Float16 => each(raw, |b| Value::from(half::f16::from_le_bytes(b).to_f32())),
-            DType::Float32 => each(raw, |b| Value::from(f32::from_le_bytes(b))),
-            DType::Float64 => each(raw, |b| Value::from(f64::from_le_bytes(b))),
-            DType::String | DType::Bytes => Vec::new(),
+        TensorData::Items(items) => match items.get(index) {
+            None => out.extend_from_slice(b"null"),
+            Some(item) if tensor.dtype == DType::Bytes => {
+                out.extend_from_slice(b"{\"b64\":");
+                write_str(out, &general_purpose::STANDARD.encode(item));
+                out.push(b'}');
+            }
+            Some(item) => write_str(out, &String::from_utf8_lossy(item)),
         },
+        TensorData::Raw(raw) => {
+            let size = tensor.dtype.item_size().max(1);
+            match raw.get(index * size..(index + 1) * size) {
+                Some(chunk) if !tensor.dtype.is_variable() => {
+                    write_element(out, tensor.dtype, chunk, FloatText::Widened);
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+        }
     }
 }
 
@@ -591,6 +640,10 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Arc;
+
+    fn reply_json(reply: &PredictReply) -> Value {
+        serde_json::from_slice(&encode_reply(reply)).unwrap()
+    }
 
     fn url_err(path: &str) -> String {
         parse_url(path).unwrap_err().message().to_string()
@@ -614,7 +667,7 @@ mod tests {
 
     fn reply_of(tensor: Tensor) -> Value {
         let names: Arc<[String]> = Arc::from(vec!["y".to_string()]);
-        encode_reply(&PredictReply::Instances {
+        reply_json(&PredictReply::Instances {
             output_names: names,
             results: vec![Ok(vec![tensor])],
         })
@@ -999,12 +1052,12 @@ mod tests {
             results: vec![ok(1), ok(2)],
         };
         assert_eq!(
-            encode_reply(&all),
+            reply_json(&all),
             json!({"instances": [{"y": 1, "z": "s"}, {"y": 2, "z": "s"}]})
         );
         let failed = PredictReply::Failed(ServeError::InvalidInput("Request servable(a) method(b) , bad".into()));
         assert_eq!(
-            encode_reply(&failed),
+            reply_json(&failed),
             json!({"error_msg": "Request servable(a) method(b) , bad"})
         );
         let err = Err(ServeError::Stage("boom".into()));
@@ -1012,16 +1065,33 @@ mod tests {
             output_names: names.clone(),
             results: vec![err.clone(), err.clone()],
         };
-        assert_eq!(encode_reply(&same), json!({"error_msg": "boom"}));
+        assert_eq!(reply_json(&same), json!({"error_msg": "boom"}));
         let mixed = PredictReply::Instances {
             output_names: names,
             results: vec![ok(1), err],
         };
         assert_eq!(
-            encode_reply(&mixed),
+            reply_json(&mixed),
             json!({"instances": [{"y": 1, "z": "s"}, {"error_msg": "boom"}]})
         );
-        assert_eq!(error_body("x"), json!({"error_msg": "x"}));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&error_body("x")).unwrap(),
+            json!({"error_msg": "x"})
+        );
+    }
+
+    #[test]
+    fn reply_keys_sorted_and_last_repeat_kept() {
+        let names: Arc<[String]> = Arc::from(vec!["z".to_string(), "a".to_string(), "z".to_string()]);
+        let scalar = |v: i32| Tensor::from_values(vec![], &[v]).unwrap();
+        let reply = PredictReply::Instances {
+            output_names: names,
+            results: vec![Ok(vec![scalar(1), scalar(2), scalar(3)])],
+        };
+        assert_eq!(
+            String::from_utf8(encode_reply(&reply)).unwrap(),
+            r#"{"instances":[{"a":2,"z":3}]}"#
+        );
     }
 
     #[test]
@@ -1038,6 +1108,6 @@ mod tests {
             output_names: Arc::from(names),
             results: vec![Ok(tensors)],
         };
-        assert_eq!(encode_reply(&reply), json!({"instances": body["instances"]}));
+        assert_eq!(reply_json(&reply), json!({"instances": body["instances"]}));
     }
 }

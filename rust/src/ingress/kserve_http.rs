@@ -227,11 +227,11 @@ async fn infer_v(
 }
 
 /// Reads a body up to the size limit (413 beyond it).
-async fn read_body(state: &V2State, body: Body) -> Result<Bytes, V2Error> {
-    // Read one byte past the limit so "too big" is told apart from "exactly the limit".
-    axum::body::to_bytes(body, state.max_bytes.saturating_add(1))
+async fn read_body(state: &V2State, headers: &HeaderMap, body: Body) -> Result<Bytes, V2Error> {
+    let size_hint = super::http::declared_length(headers);
+    super::http::read_body(body, size_hint, state.max_bytes)
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             V2Error::new(
                 Status::TooLarge,
                 format!("the request body is bigger than the limit of {} bytes", state.max_bytes),
@@ -273,7 +273,7 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
     };
     let decoded = async {
         let length = header_length(headers)?;
-        let bytes = read_body(state, body).await?;
+        let bytes = read_body(state, headers, body).await?;
         let decoded = super::http::decode_off_io(bytes.len(), move || kserve_json::decode_request(&bytes, length));
         decoded.await.map_err(|e| V2Error::bad(format!("model '{model}': {e}")))
     }
@@ -310,8 +310,8 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
     response
 }
 
-async fn repository_index(State(state): State<V2State>, body: Body) -> Response {
-    let ready_only = match read_body(&state, body).await {
+async fn repository_index(State(state): State<V2State>, headers: HeaderMap, body: Body) -> Response {
+    let ready_only = match read_body(&state, &headers, body).await {
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => false,
         Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => map.get("ready").and_then(Value::as_bool).unwrap_or(false),
@@ -331,7 +331,7 @@ async fn repository_index(State(state): State<V2State>, body: Body) -> Response 
 async fn repository_request(state: &V2State, headers: &HeaderMap, body: Body, load: bool) -> Result<(), V2Error> {
     let presented = headers.get(kserve::REPOSITORY_KEY_HEADER).map(HeaderValue::as_bytes);
     kserve::authorize_repository(&state.service, presented)?;
-    let bytes = read_body(state, body).await?;
+    let bytes = read_body(state, headers, body).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }

@@ -6,7 +6,7 @@
 use crate::batching::ModelQueue;
 use crate::error::ServeError;
 use crate::request::InstanceResult;
-use crate::servable::spec::{FunctionId, MethodSpec, StageKind};
+use crate::servable::spec::{FunctionId, MethodSpec, Source, StageKind};
 use crate::tensor::Tensor;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -95,8 +95,17 @@ pub async fn run_method(
     instances: Vec<Vec<Tensor>>,
 ) -> Vec<InstanceResult> {
     let n = instances.len();
+    let stages = plan.spec.stages.len();
+    let last_reads = LastReads::of(&plan.spec);
     // values[i][stage] = outputs of `stage` for instance i (stage 0 = method inputs).
-    let mut values: Vec<Vec<Vec<Tensor>>> = instances.into_iter().map(|inputs| vec![inputs]).collect();
+    let mut values: Vec<Vec<Vec<Tensor>>> = instances
+        .into_iter()
+        .map(|inputs| {
+            let mut stage_values = Vec::with_capacity(stages + 1);
+            stage_values.push(inputs);
+            stage_values
+        })
+        .collect();
     let mut errors: Vec<Option<ServeError>> = vec![None; n];
     for (k, stage) in plan.spec.stages.iter().enumerate() {
         let alive: Vec<usize> = (0..n).filter(|&i| errors[i].is_none()).collect();
@@ -109,7 +118,8 @@ pub async fn run_method(
                 stage
                     .inputs
                     .iter()
-                    .map(|src| values[i][src.stage][src.index].clone())
+                    .enumerate()
+                    .map(|(j, src)| read(&mut values[i], *src, last_reads.stages[k][j]))
                     .collect()
             })
             .collect();
@@ -170,14 +180,124 @@ pub async fn run_method(
     values
         .into_iter()
         .zip(errors)
-        .map(|(vals, err)| match err {
+        .map(|(mut vals, err)| match err {
             Some(err) => Err(err),
-            None => Ok(plan
-                .spec
-                .outputs
-                .iter()
-                .map(|src| vals[src.stage][src.index].clone())
-                .collect()),
+            None => Ok(method_outputs(plan, &last_reads, &mut vals)),
         })
         .collect()
+}
+
+fn method_outputs(plan: &MethodPlan, last_reads: &LastReads, values: &mut [Vec<Tensor>]) -> Vec<Tensor> {
+    let reads = plan.spec.outputs.iter().zip(&last_reads.outputs);
+    reads.map(|(src, &last)| read(values, *src, last)).collect()
+}
+
+/// For every read of a value (each stage input, then each method output, in order): whether no later read of that
+/// value follows. The last read moves the tensor instead of cloning it, so a value is freed as soon as its last
+/// reader is done with it (a model stage drops its inputs once they are stacked into a batch).
+struct LastReads {
+    stages: Vec<Vec<bool>>,
+    outputs: Vec<bool>,
+}
+
+impl LastReads {
+    fn of(spec: &MethodSpec) -> LastReads {
+        let mut remaining: HashMap<Source, usize> = HashMap::new();
+        let reads = spec.stages.iter().flat_map(|s| &s.inputs).chain(&spec.outputs);
+        for src in reads {
+            *remaining.entry(*src).or_default() += 1;
+        }
+        let mut last = |src: &Source| {
+            let count = remaining.entry(*src).or_default();
+            *count = count.saturating_sub(1);
+            *count == 0
+        };
+        let stages = spec
+            .stages
+            .iter()
+            .map(|s| s.inputs.iter().map(&mut last).collect())
+            .collect();
+        let outputs = spec.outputs.iter().map(&mut last).collect();
+        LastReads { stages, outputs }
+    }
+}
+
+/// Value `src` of one instance: moved out on its last read (an empty tensor is left behind), cloned otherwise.
+fn read(values: &mut [Vec<Tensor>], src: Source, last: bool) -> Tensor {
+    let slot = &mut values[src.stage][src.index];
+    if last {
+        std::mem::replace(slot, Tensor::placeholder())
+    } else {
+        slot.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::servable::spec::StageSpec;
+
+    /// Answers each instance with its inputs summed elementwise (int32), as a Python stage would.
+    struct Sum;
+
+    impl PythonStages for Sum {
+        fn submit(&self, call: FunctionCall) -> BoxFuture<'static, Vec<InstanceResult>> {
+            let results = call
+                .instances
+                .iter()
+                .map(|inputs| {
+                    let total: i32 = inputs.iter().map(|t| t.to_values::<i32>().unwrap()[0]).sum();
+                    Ok(vec![Tensor::from_values(vec![1], &[total]).unwrap()])
+                })
+                .collect();
+            Box::pin(async move { results })
+        }
+    }
+
+    fn function_stage(inputs: Vec<Source>) -> StageSpec {
+        StageSpec {
+            kind: StageKind::Function {
+                function: FunctionId(0),
+                name: "svc.sum".into(),
+                batch_size: None,
+            },
+            inputs,
+            outputs_count: 1,
+            tag: "Function 'svc.sum'".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn values_read_again_are_cloned_and_the_last_read_moves() {
+        let src = |stage, index| Source { stage, index };
+        // x is read by both stages (twice by the second) and by the outputs; stage 1's value only by stage 2.
+        let spec = MethodSpec {
+            name: "m".into(),
+            inputs: vec!["x".into()],
+            output_names: vec!["x".into(), "s".into(), "x2".into()],
+            outputs: vec![src(0, 0), src(2, 0), src(0, 0)],
+            stages: vec![
+                function_stage(vec![src(0, 0)]),
+                function_stage(vec![src(1, 0), src(0, 0), src(0, 0)]),
+            ],
+        };
+        let reads = LastReads::of(&spec);
+        assert_eq!(reads.stages, vec![vec![false], vec![true, false, false]]);
+        assert_eq!(reads.outputs, vec![false, true, true]);
+        let plan = MethodPlan {
+            servable: "svc".into(),
+            version: 1,
+            output_names: Arc::from(spec.output_names.clone()),
+            spec,
+            models: Arc::new(ModelSet::default()),
+        };
+        let x = |v: i32| vec![Tensor::from_values(vec![1], &[v]).unwrap()];
+        let results = run_method(&plan, &Sum, vec![x(2), x(5)]).await;
+        let values: Vec<Vec<i32>> = results
+            .into_iter()
+            .map(|r| r.unwrap().iter().map(|t| t.to_values::<i32>().unwrap()[0]).collect())
+            .collect();
+        // s = (x) + x + x = 3x; both reads of x in the outputs see the original value.
+        assert_eq!(values, vec![vec![2, 6, 2], vec![5, 15, 5]]);
+    }
 }

@@ -4,7 +4,7 @@
 //! stages refer to their callable by `FunctionId`, an index into the Python executor's table.
 
 /// Where a stage input or method output comes from: stage 0 = method inputs, stage k = k-th stage's outputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Source {
     pub stage: usize,
     pub index: usize,
