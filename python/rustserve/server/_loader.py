@@ -2,7 +2,7 @@
 
 A servable lives in `<servable_directory>/<name>/`: `servable_config.py` plus version directories (all-digit
 names, newest = largest) that hold the model files. The config is imported once per servable as module
-`<name>.servable_config` (so it can import siblings as `<name>.helper`) while `register.py` records into a fresh
+`<name>.servable_config` (so it can import siblings as `<name>.helper`) while `register` records into a fresh
 registry; every version of the servable then shares the same Python functions.
 """
 

@@ -1,6 +1,6 @@
 """The plain-data servable spec that the Python loader hands to the native core (`Server.add_servables`).
 
-`register.py` records declarations while `servable_config.py` is imported; `_loader.py` turns them into one
+`register` records declarations while `servable_config.py` is imported; `_loader.py` turns them into one
 `ServableSpec` per (servable, version). Only these keys cross into Rust, so this file is the contract between
 the two halves: change it together with rust/src/servable/spec.rs.
 """
