@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use _rustserve::batching::{BatchConfig, BatchPlan, CheckedInstance, ModelQueue};
-use _rustserve::model::{IoInfo, ModelSignature};
+use _rustserve::batching::{IoInfo, ModelSignature};
 use _rustserve::tensor::{DType, Tensor};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 

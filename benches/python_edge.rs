@@ -4,11 +4,11 @@
 //! Embeds CPython, so it needs the interpreter's library and numpy: `make bench` sets `LD_LIBRARY_PATH` and
 //! `PYTHONPATH` as `make test-rust` does.
 
+use _rustserve::dispatch::Dispatcher;
 use _rustserve::pipeline::{FunctionCall, ModelSet, PythonStages};
 use _rustserve::python::convert::{py_to_tensor, tensor_to_py};
-use _rustserve::python::dispatch::Dispatcher;
-use _rustserve::python::executor::PyExecutor;
-use _rustserve::servable::spec::FunctionId;
+use _rustserve::python::gil_thread::GilThread;
+use _rustserve::spec::FunctionId;
 use _rustserve::tensor::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pyo3::prelude::*;
@@ -38,7 +38,7 @@ fn bench_convert(c: &mut Criterion) {
 }
 
 fn bench_gil_round_trip(c: &mut Criterion) {
-    let executor = Arc::new(PyExecutor::spawn().expect("GIL thread starts"));
+    let executor = Arc::new(GilThread::spawn().expect("GIL thread starts"));
     let identity = Python::attach(|py| {
         let function = py.eval(c"lambda x: x", None, None).expect("a lambda").unbind();
         executor.add_function(function)

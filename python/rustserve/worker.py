@@ -1,10 +1,11 @@
 """Entry point of an extra Python worker process: ``python -m rustserve.worker --socket PATH --directory DIR ...``.
 
 The server starts one per extra worker of a servable started with ``num_parallel_workers`` > 1, with its own
-interpreter (see rust/src/python/workers.rs). The worker imports the servable's ``servable_config.py`` exactly as
-the server did (``rustserve.server._loader``), so it registers the same stage functions in the same order, then
-hands them to the native loop (``_rustserve.run_worker``), which serves the server's stage calls with the same
-conventions, conversions and error texts as the server's own Python thread, until the server closes the socket.
+interpreter (its supervisor: rust/src/workers/; its loop: rust/src/python/worker_loop.rs). The worker imports the
+servable's ``servable_config.py`` exactly as the server did (``rustserve.server._loader``), so it registers the
+same stage functions in the same order, then hands them to the native loop (``_rustserve.run_worker``), which serves
+the server's stage calls with the same conventions, conversions and error texts as the server's own Python thread,
+until the server closes the socket.
 Not meant to be run by hand.
 """
 

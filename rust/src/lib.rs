@@ -3,6 +3,7 @@
 
 pub mod batching;
 pub mod codec;
+pub mod dispatch;
 pub mod error;
 pub mod ingress;
 pub mod log_text;
@@ -15,7 +16,9 @@ pub mod request;
 pub mod runtime;
 pub mod servable;
 pub mod service;
+pub mod spec;
 pub mod tensor;
+pub mod workers;
 
 use pyo3::prelude::*;
 
@@ -26,12 +29,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add_class::<python::classes::PyServer>()?;
-    m.add_function(wrap_pyfunction!(python::classes::init_onnxruntime, m)?)?;
-    m.add_function(wrap_pyfunction!(python::classes::onnx_signature, m)?)?;
-    m.add_function(wrap_pyfunction!(python::classes::init_logging, m)?)?;
+    m.add_class::<python::server::PyServer>()?;
+    m.add_function(wrap_pyfunction!(python::server::init_onnxruntime, m)?)?;
+    m.add_function(wrap_pyfunction!(python::server::onnx_signature, m)?)?;
+    m.add_function(wrap_pyfunction!(python::server::init_logging, m)?)?;
     m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
-    m.add_function(wrap_pyfunction!(python::workers::run_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(python::worker_loop::run_worker, m)?)?;
     m.add("RustServeError", py.get_type::<python::RustServeError>())?;
     m.add("ServableStartError", py.get_type::<python::ServableStartError>())?;
     m.add("ServerStartError", py.get_type::<python::ServerStartError>())?;

@@ -9,10 +9,11 @@
 use crate::error::ServeError;
 use crate::metrics::{BusyClock, MethodStats, Metrics, Protocol, QueueDepth, RequestRecord};
 use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, StuckCall, run_method};
-use crate::request::{InstanceResult, PredictReply, PredictRequest};
+use crate::request::{InstanceResult, MethodRef, PredictReply, PredictRequest};
 use crate::servable::ServableVersion;
 use crate::servable::registry::Registry;
-use crate::servable::spec::StageKind;
+use crate::spec::StageKind;
+use crate::tensor::NamedInstance;
 use futures::future::BoxFuture;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -71,6 +72,14 @@ pub struct Service {
 
 /// Decrements the in-flight count even when the request future is dropped (client went away).
 struct InFlight<'a>(&'a AtomicUsize);
+
+/// How and when a request arrived, for its record: the protocol, the ingress's decode time, and when it reached the
+/// service.
+struct Arrival {
+    protocol: Protocol,
+    decode: Duration,
+    started: Instant,
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -201,19 +210,15 @@ impl Service {
         protocol: Protocol,
         decode: Duration,
     ) -> (PredictReply, Option<Arc<MethodStats>>) {
-        let started = Instant::now();
-        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(&self.in_flight);
-        let max_enqueued = self.max_enqueued.load(Ordering::Relaxed);
-        if previous >= max_enqueued {
-            self.metrics.reject(protocol);
-            return (
-                PredictReply::Failed(ServeError::Overloaded(format!(
-                    "Serving Error: enqueued requests count exceeds the limit {max_enqueued}"
-                ))),
-                None,
-            );
-        }
+        let arrival = Arrival {
+            protocol,
+            decode,
+            started: Instant::now(),
+        };
+        let _in_flight = match self.enter(protocol) {
+            Ok(guard) => guard,
+            Err(overloaded) => return (overloaded, None),
+        };
         let PredictRequest { target, instances } = request;
         let Some(servable) = self.registry.get(&target.servable, target.version) else {
             self.metrics.reject(protocol);
@@ -235,7 +240,65 @@ impl Service {
                 None,
             );
         };
-        let stats = self.method_stats(&servable, &plan);
+        self.run_plan(&servable, &plan, &target, instances, arrival).await
+    }
+
+    /// Answers a request already routed to `plan` of `servable` (the v2 ingress resolves its model name once, with
+    /// the v2 rules and texts), with the same limits and records as `predict_observed`.
+    pub async fn predict_routed(
+        &self,
+        servable: &ServableVersion,
+        plan: &Arc<MethodPlan>,
+        instances: Vec<NamedInstance>,
+        protocol: Protocol,
+        decode: Duration,
+    ) -> (PredictReply, Option<Arc<MethodStats>>) {
+        let arrival = Arrival {
+            protocol,
+            decode,
+            started: Instant::now(),
+        };
+        let _in_flight = match self.enter(protocol) {
+            Ok(guard) => guard,
+            Err(overloaded) => return (overloaded, None),
+        };
+        let target = MethodRef {
+            servable: servable.name.clone(),
+            method: plan.spec.name.clone(),
+            version: servable.version,
+        };
+        self.run_plan(servable, plan, &target, instances, arrival).await
+    }
+
+    /// Counts a request in flight; refuses it when `max_enqueued` are already.
+    fn enter(&self, protocol: Protocol) -> Result<InFlight<'_>, PredictReply> {
+        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(&self.in_flight);
+        let max_enqueued = self.max_enqueued.load(Ordering::Relaxed);
+        if previous >= max_enqueued {
+            self.metrics.reject(protocol);
+            return Err(PredictReply::Failed(ServeError::Overloaded(format!(
+                "Serving Error: enqueued requests count exceeds the limit {max_enqueued}"
+            ))));
+        }
+        Ok(guard)
+    }
+
+    /// Runs a routed request's method: input names, queue room, the request timeout, then the record.
+    async fn run_plan(
+        &self,
+        servable: &ServableVersion,
+        plan: &Arc<MethodPlan>,
+        target: &MethodRef,
+        instances: Vec<NamedInstance>,
+        arrival: Arrival,
+    ) -> (PredictReply, Option<Arc<MethodStats>>) {
+        let Arrival {
+            protocol,
+            decode,
+            started,
+        } = arrival;
+        let stats = self.method_stats(servable, plan);
         let count = instances.len();
         let python_ns = Arc::new(AtomicU64::new(0));
         let reply = PYTHON_NS
@@ -263,13 +326,13 @@ impl Service {
                     }
                     ordered.push(inputs);
                 }
-                if let Some(full) = self.full_model_queue(&plan, ordered.len()) {
+                if let Some(full) = self.full_model_queue(plan, ordered.len()) {
                     return PredictReply::Failed(full);
                 }
                 let timeout = self.request_timeout();
                 // Dropping the method's future on timeout drops its batcher receivers and Python tickets, so work
                 // still queued for this request is skipped rather than run for nobody.
-                let Ok(results) = tokio::time::timeout(timeout, run_method(&plan, self.python.as_ref(), ordered)).await
+                let Ok(results) = tokio::time::timeout(timeout, run_method(plan, self.python.as_ref(), ordered)).await
                 else {
                     return PredictReply::Failed(ServeError::Timeout(format!(
                         "Serving Error: request timed out after {:.3} s (request timeout), servable: {}, method: {}",

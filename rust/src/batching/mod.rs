@@ -24,7 +24,6 @@ use self::policy::Decision;
 use crate::error::ServeError;
 use crate::log_text::log_text;
 use crate::metrics::{BatchObserver, BatchRun};
-use crate::model::{DeviceChoice, ModelSignature, OrtRunner};
 use crate::tensor::{DType, Tensor};
 
 /// How a model is batched (MindSpore's `declare_model(with_batch_dim=..., without_batch_dim_inputs=...)`, plus
@@ -56,8 +55,23 @@ impl Default for BatchConfig {
     }
 }
 
-/// Runs one full batch: inputs in model input order, outputs in model output order. `OrtRunner` implements it;
-/// tests use fakes. Called only from the runner's own batch thread.
+/// One model input or output: name, element type and shape (`-1` for a symbolic or unknown dimension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+/// A model's inputs and outputs, in the model's order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ModelSignature {
+    pub inputs: Vec<IoInfo>,
+    pub outputs: Vec<IoInfo>,
+}
+
+/// Runs one full batch: inputs in model input order, outputs in model output order. `model::OrtRunner` implements
+/// it (`servable::loader` loads one per device); tests use fakes. Called only from the runner's own batch thread.
 pub trait BatchRunner: Send {
     /// Runs the model once on full-batch tensors.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError>;
@@ -139,43 +153,6 @@ impl std::fmt::Debug for ModelQueue {
 }
 
 impl ModelQueue {
-    /// Loads `path` into an `OrtRunner` on `device` and starts its batch thread.
-    ///
-    /// Needs `crate::model::init_onnxruntime` first; does not need a tokio runtime. Validation errors are
-    /// `ServeError::Config` with MindSpore's texts, naming the file.
-    pub fn load(
-        path: &Path,
-        cfg: BatchConfig,
-        device: DeviceChoice,
-        intra_op_threads: Option<usize>,
-    ) -> Result<ModelQueue, ServeError> {
-        ModelQueue::load_on(path, cfg, &[device], intra_op_threads)
-    }
-
-    /// Loads `path` once per device (one ORT session each) and starts one batch thread per session, all fed from
-    /// this model's one queue. `devices` must not be empty.
-    pub fn load_on(
-        path: &Path,
-        cfg: BatchConfig,
-        devices: &[DeviceChoice],
-        intra_op_threads: Option<usize>,
-    ) -> Result<ModelQueue, ServeError> {
-        let mut runners: Vec<Box<dyn BatchRunner>> = Vec::with_capacity(devices.len());
-        let mut signature = None;
-        for &device in devices {
-            let runner = OrtRunner::load(path, device, intra_op_threads)?;
-            signature.get_or_insert_with(|| runner.signature().clone());
-            runners.push(Box::new(runner));
-        }
-        let signature = signature
-            .ok_or_else(|| ServeError::Config(format!("model file '{}': no device to load it on", path.display())))?;
-        // NOTE: the name appears in client-facing errors, so the file name only, never the server's directory layout.
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
-        ModelQueue::with_runners(&name, signature, cfg, runners)
-    }
-
     /// Starts a batch thread for any runner; `model` names the model in errors (normally its file path).
     pub fn new(
         model: &str,

@@ -6,9 +6,9 @@
 use bytes::BytesMut;
 
 use super::BatchConfig;
+use super::ModelSignature;
 use super::policy::BatchPolicy;
 use crate::error::ServeError;
-use crate::model::ModelSignature;
 use crate::tensor::{DType, Tensor, TensorData, element_count};
 
 /// Batch size used for a symbolic batch dimension when `BatchConfig::max_batch_size` is `None`.

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::IoInfo;
 use super::*;
-use crate::model::IoInfo;
+use crate::model::DeviceChoice;
 use crate::model::test_support::{f32_tensor, model_path, ort_ready};
+// Real ONNX files load the way a server loads them.
+use crate::servable::loader::load_model_queue;
 use crate::tensor::{DType, TensorData};
 
 fn io(name: &str, dtype: DType, shape: &[i64]) -> IoInfo {
@@ -978,7 +981,7 @@ fn slow_or_batched_models_always_use_their_batch_thread() {
 // ---- real ONNX Runtime sessions ----
 
 fn load(name: &str, cfg: &BatchConfig) -> ModelQueue {
-    ModelQueue::load(&model_path(name), cfg.clone(), DeviceChoice::Cpu, Some(1)).unwrap()
+    load_model_queue(&model_path(name), cfg.clone(), &[DeviceChoice::Cpu], Some(1)).unwrap()
 }
 
 #[tokio::test]
@@ -1079,7 +1082,7 @@ fn ort_validation_error_names_the_file() {
         without_batch_dim_inputs: vec![0, 1],
         ..batched(None)
     };
-    let err = ModelQueue::load(&model_path("add_fixed"), cfg, DeviceChoice::Cpu, None).unwrap_err();
+    let err = load_model_queue(&model_path("add_fixed"), cfg, &[DeviceChoice::Cpu], None).unwrap_err();
     assert!(
         matches!(&err, ServeError::Config(t) if t.contains("add_fixed.onnx")),
         "{err:?}"

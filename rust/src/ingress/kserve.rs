@@ -18,10 +18,10 @@ use crate::codec::kserve::{
 use crate::error::ServeError;
 use crate::metrics::{MethodStats, Protocol, RequestRecord};
 use crate::pipeline::MethodPlan;
-use crate::request::{MethodRef, PredictReply, PredictRequest};
+use crate::request::PredictReply;
 use crate::servable::ServableVersion;
-use crate::servable::spec::{Source, StageKind};
 use crate::service::Service;
+use crate::spec::{Source, StageKind};
 use crate::tensor::{NamedInstance, Tensor};
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,13 +341,8 @@ pub async fn infer(
         vec![request.inputs.into_iter().map(|i| (i.name, i.tensor)).collect()]
     };
     let count = instances.len();
-    let target = MethodRef {
-        servable: resolved.servable.name.clone(),
-        method: plan.spec.name.clone(),
-        version: resolved.servable.version,
-    };
     let (reply, stats) = service
-        .predict_observed(PredictRequest { target, instances }, protocol, decode)
+        .predict_routed(&resolved.servable, plan, instances, protocol, decode)
         .await;
     let results = match reply {
         PredictReply::Failed(err) => return Err(err.into()),

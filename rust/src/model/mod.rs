@@ -16,8 +16,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Outlet, ValueType};
 
+use crate::batching::{BatchRunner, IoInfo, ModelSignature};
 use crate::error::ServeError;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// The process-wide ORT environment, set once by `init_onnxruntime`.
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
@@ -98,21 +99,6 @@ impl std::fmt::Display for DeviceChoice {
             DeviceChoice::Cuda(id) => write!(f, "CUDA device {id}"),
         }
     }
-}
-
-/// One model input or output: name, element type and shape (`-1` for a symbolic or unknown dimension).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IoInfo {
-    pub name: String,
-    pub dtype: DType,
-    pub shape: Vec<i64>,
-}
-
-/// A model's inputs and outputs, in the model's order.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct ModelSignature {
-    pub inputs: Vec<IoInfo>,
-    pub outputs: Vec<IoInfo>,
 }
 
 /// Reads the input/output signature of an ONNX file.
@@ -290,7 +276,7 @@ impl OrtRunner {
     }
 }
 
-impl crate::batching::BatchRunner for OrtRunner {
+impl BatchRunner for OrtRunner {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError> {
         OrtRunner::run(self, inputs)
     }
@@ -300,6 +286,7 @@ impl crate::batching::BatchRunner for OrtRunner {
 mod tests {
     use super::test_support::{f32_tensor, model_path, ort_ready};
     use super::*;
+    use crate::tensor::DType;
     use bytes::Bytes;
 
     use crate::tensor::TensorData;

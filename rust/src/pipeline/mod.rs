@@ -6,7 +6,7 @@
 use crate::batching::ModelQueue;
 use crate::error::ServeError;
 use crate::request::InstanceResult;
-use crate::servable::spec::{FunctionId, MethodSpec, Source, StageKind};
+use crate::spec::{FunctionId, MethodSpec, Source, StageKind};
 use crate::tensor::Tensor;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -24,6 +24,53 @@ impl ModelSet {
     /// The queue of a model's subgraph.
     pub fn queue(&self, model: usize, subgraph: usize) -> Option<&Arc<ModelQueue>> {
         self.queues.get(model).and_then(|subgraphs| subgraphs.get(subgraph))
+    }
+
+    /// Runs per-instance `inputs` on a declared model of `models` and waits for every result (blocking: call it with
+    /// the GIL released, never on a tokio worker). The one implementation of `Model.call`'s checks and texts, for
+    /// the GIL thread and for calls that worker processes send to the server.
+    pub fn call(
+        &self,
+        model_key: &str,
+        subgraph: usize,
+        inputs: Vec<Vec<Tensor>>,
+    ) -> Result<Vec<InstanceResult>, String> {
+        let index = self
+            .by_key
+            .get(model_key)
+            .copied()
+            .ok_or_else(|| format!("the model is not declared, model: {model_key}"))?;
+        let queue = self
+            .queue(index, 0)
+            .and_then(|_| self.queue(index, subgraph))
+            .cloned()
+            .ok_or_else(|| {
+                let count = self.queues.get(index).map_or(0, Vec::len);
+                format!(
+                    "The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}"
+                )
+            })?;
+        if inputs.is_empty() {
+            return Err("Input instances count is 0".into());
+        }
+        let expected = queue.signature().inputs.len();
+        if let Some((i, values)) = inputs.iter().enumerate().find(|(_, v)| v.len() != expected) {
+            return Err(format!(
+                "The inputs count {} of instance {i} is not equal to the inputs count {expected} of the model",
+                values.len()
+            ));
+        }
+        // Submit every instance first so they can share a batch, then wait.
+        let pending: Vec<_> = inputs.into_iter().map(|x| queue.submit(x)).collect();
+        Ok(pending
+            .into_iter()
+            .map(|rx| {
+                rx.and_then(|rx| {
+                    rx.blocking_recv()
+                        .unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
+                })
+            })
+            .collect())
     }
 }
 
@@ -235,7 +282,7 @@ fn read(values: &mut [Vec<Tensor>], src: Source, last: bool) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::servable::spec::StageSpec;
+    use crate::spec::StageSpec;
 
     /// Answers each instance with its inputs summed elementwise (int32), as a Python stage would.
     struct Sum;

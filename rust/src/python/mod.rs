@@ -1,16 +1,15 @@
-//! The Python bridge: the only place (with lib.rs) that touches pyo3. The GIL thread (`executor`), worker
-//! processes (`workers`, over `ipc`), the dispatcher that shares Python stage calls among them (`dispatch`), value
-//! conversion (`convert`), stage calling conventions (`stages`), spec dicts -> Rust spec (`spec`) and the
-//! `#[pyclass]` types Python sees (`classes`).
+//! The Python bridge: the only place (with lib.rs) that touches pyo3. The native server and module functions
+//! Python sees (`server`), the GIL thread that runs stages in the server process (`gil_thread`), the loop of a
+//! worker process (`worker_loop`), stage calling conventions (`stages`), value conversion (`convert`) and spec
+//! dicts -> Rust spec (`spec`). The worker supervisor and its wire are plain Rust in `workers/`; the dispatcher
+//! that shares stage calls among the GIL thread and the workers is `dispatch`.
 
-pub mod classes;
 pub mod convert;
-pub mod dispatch;
-pub mod executor;
-pub mod ipc;
+pub mod gil_thread;
+pub mod server;
 pub mod spec;
 pub mod stages;
-pub mod workers;
+pub mod worker_loop;
 
 use pyo3::create_exception;
 

@@ -1,9 +1,9 @@
-//! Spec dicts from python/rustserve/server/_spec.py -> `servable::spec` structs. Function objects go into the
+//! Spec dicts from python/rustserve/server/_spec.py -> `crate::spec` structs. Function objects go into the
 //! executor's table here; everything else is plain data. Missing keys or wrong types are reported with the
 //! key's path, since they mean the Python loader and this file disagree.
 
-use super::executor::PyExecutor;
-use crate::servable::spec::{DeviceKind, MethodSpec, ModelSpec, ServableSpec, Source, StageKind, StageSpec};
+use super::gil_thread::GilThread;
+use crate::spec::{DeviceKind, MethodSpec, ModelSpec, ServableSpec, Source, StageKind, StageSpec};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -73,7 +73,7 @@ fn queue_delay(dict: &Bound<'_, PyDict>) -> PyResult<std::time::Duration> {
     })
 }
 
-fn stage(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<StageSpec> {
+fn stage(dict: &Bound<'_, PyDict>, executor: &GilThread) -> PyResult<StageSpec> {
     let kind: String = item(dict, "kind")?;
     let kind = match kind.as_str() {
         "model" => StageKind::Model {
@@ -99,7 +99,7 @@ fn stage(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<StageSpec>
     })
 }
 
-fn method(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<MethodSpec> {
+fn method(dict: &Bound<'_, PyDict>, executor: &GilThread) -> PyResult<MethodSpec> {
     Ok(MethodSpec {
         name: item(dict, "name")?,
         inputs: item(dict, "inputs")?,
@@ -143,7 +143,7 @@ pub fn worker_settings(dict: &Bound<'_, PyDict>) -> PyResult<WorkerSettings> {
 }
 
 /// Converts one `ServableSpec` dict, registering its stage functions with `executor`.
-pub fn servable(dict: &Bound<'_, PyDict>, executor: &PyExecutor) -> PyResult<ServableSpec> {
+pub fn servable(dict: &Bound<'_, PyDict>, executor: &GilThread) -> PyResult<ServableSpec> {
     Ok(ServableSpec {
         name: item(dict, "name")?,
         version: item(dict, "version")?,

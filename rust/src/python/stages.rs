@@ -226,51 +226,6 @@ pub fn run(py: Python<'_>, function: &Bound<'_, PyAny>, call: &FunctionCall) -> 
     }
 }
 
-/// Runs per-instance `inputs` on a declared model of `models` and waits for every result (blocking: call it with
-/// the GIL released, never on a tokio worker). The one implementation of `Model.call`'s checks and texts, for
-/// the GIL thread and for calls that worker processes send to the server.
-pub fn run_models(
-    models: &ModelSet,
-    model_key: &str,
-    subgraph: usize,
-    inputs: Vec<Vec<Tensor>>,
-) -> Result<Vec<InstanceResult>, String> {
-    let index = models
-        .by_key
-        .get(model_key)
-        .copied()
-        .ok_or_else(|| format!("the model is not declared, model: {model_key}"))?;
-    let queue = models
-        .queue(index, 0)
-        .and_then(|_| models.queue(index, subgraph))
-        .cloned()
-        .ok_or_else(|| {
-            let count = models.queues.get(index).map_or(0, Vec::len);
-            format!("The model does not have subgraph of index {subgraph}, the subgraph count of the model is {count}")
-        })?;
-    if inputs.is_empty() {
-        return Err("Input instances count is 0".into());
-    }
-    let expected = queue.signature().inputs.len();
-    if let Some((i, values)) = inputs.iter().enumerate().find(|(_, v)| v.len() != expected) {
-        return Err(format!(
-            "The inputs count {} of instance {i} is not equal to the inputs count {expected} of the model",
-            values.len()
-        ));
-    }
-    // Submit every instance first so they can share a batch, then wait.
-    let pending: Vec<_> = inputs.into_iter().map(|x| queue.submit(x)).collect();
-    Ok(pending
-        .into_iter()
-        .map(|rx| {
-            rx.and_then(|rx| {
-                rx.blocking_recv()
-                    .unwrap_or_else(|_| Err(ServeError::Unavailable("Servable stopped".into())))
-            })
-        })
-        .collect())
-}
-
 /// Runs a declared model of the calling servable on per-instance inputs (the native half of `Model.call`).
 /// Returns one tuple of outputs per instance. Blocks the calling stage, with the GIL released, until done; in a
 /// worker process the model runs in the server, on the same batcher.
@@ -296,7 +251,7 @@ pub fn model_call(
     let key = model_key.to_owned();
     let results = match remote {
         Some(remote) => remote(py, model_key, subgraph, inputs),
-        None => py.detach(move || run_models(&models, &key, subgraph, inputs)),
+        None => py.detach(move || models.call(&key, subgraph, inputs)),
     }
     .map_err(super::ModelCallError::new_err)?;
     results

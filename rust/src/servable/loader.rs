@@ -4,12 +4,13 @@
 //! Blocking (ONNX Runtime builds sessions here): call it with the GIL released.
 
 use super::ServableVersion;
-use super::spec::{DeviceKind, ServableSpec, StageKind};
-use crate::batching::{BatchConfig, ModelQueue, default_intra_op_threads};
+use crate::batching::{BatchConfig, BatchRunner, ModelQueue, default_intra_op_threads};
 use crate::error::ServeError;
-use crate::model::DeviceChoice;
+use crate::model::{DeviceChoice, OrtRunner};
 use crate::pipeline::{MethodPlan, ModelSet};
+use crate::spec::{DeviceKind, ServableSpec, StageKind};
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Loads the models of `spec` and builds its method plans.
@@ -39,7 +40,7 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
         let threads = model.intra_op_threads.unwrap_or(default_threads);
         let mut subgraphs = Vec::with_capacity(model.files.len());
         for file in &model.files {
-            let queue = ModelQueue::load_on(file, config.clone(), &devices, Some(threads))
+            let queue = load_model_queue(file, config.clone(), &devices, Some(threads))
                 .map_err(|e| context(e.message().to_string()))?;
             subgraphs.push(Arc::new(queue));
         }
@@ -111,6 +112,31 @@ fn devices_of(device: &DeviceKind) -> Vec<DeviceChoice> {
     }
 }
 
+/// Loads `path` once per device (one ONNX Runtime session each) and starts a batch queue with one batch thread per
+/// session, all fed from the model's one queue. Needs `model::init_onnxruntime` first; `devices` must not be empty.
+/// Validation errors are `ServeError::Config` with MindSpore's texts, naming the file.
+pub fn load_model_queue(
+    path: &Path,
+    cfg: BatchConfig,
+    devices: &[DeviceChoice],
+    intra_op_threads: Option<usize>,
+) -> Result<ModelQueue, ServeError> {
+    let mut runners: Vec<Box<dyn BatchRunner>> = Vec::with_capacity(devices.len());
+    let mut signature = None;
+    for &device in devices {
+        let runner = OrtRunner::load(path, device, intra_op_threads)?;
+        signature.get_or_insert_with(|| runner.signature().clone());
+        runners.push(Box::new(runner));
+    }
+    let signature = signature
+        .ok_or_else(|| ServeError::Config(format!("model file '{}': no device to load it on", path.display())))?;
+    // NOTE: the name appears in client-facing errors, so the file name only, never the server's directory layout.
+    let name = path
+        .file_name()
+        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+    ModelQueue::with_runners(&name, signature, cfg, runners)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -118,7 +144,7 @@ mod tests {
     use super::*;
     use crate::batching::BatchMode;
     use crate::model::test_support::model_path;
-    use crate::servable::spec::{MethodSpec, ModelSpec, Source, StageSpec};
+    use crate::spec::{MethodSpec, ModelSpec, Source, StageSpec};
 
     #[test]
     fn one_session_per_gpu_device() {

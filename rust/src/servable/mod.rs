@@ -1,9 +1,8 @@
-//! Servables: the spec recorded from servable_config.py (`spec`), turning it into loaded models and
-//! method plans (`loader`), and the name -> version table requests are routed through (`registry`).
+//! Servables: turning the spec recorded from servable_config.py (`crate::spec`) into loaded models and method
+//! plans (`loader`), and the name -> version table requests are routed through (`registry`).
 
 pub mod loader;
 pub mod registry;
-pub mod spec;
 
 use crate::pipeline::{MethodPlan, ModelSet};
 use std::collections::HashMap;

@@ -1,18 +1,18 @@
 //! The `#[pyclass]` / `#[pyfunction]` surface of `rustserve._rustserve` (see _rustserve.pyi). Every call that
 //! blocks releases the GIL first, and every error leaves as one of the module's exception types.
 
-use super::dispatch::Dispatcher;
-use super::executor::PyExecutor;
-use super::ipc::FunctionEntry;
+use super::gil_thread::GilThread;
 use super::spec::WorkerSettings;
-use super::workers::{WorkerConfig, WorkerHandle};
 use super::{ServableStartError, ServerStartError, spec};
+use crate::dispatch::Dispatcher;
 use crate::error::ServeError;
 use crate::ingress::tls::TlsFiles;
 use crate::runtime::ServerRuntime;
-use crate::servable::spec::{FunctionId, ServableSpec, StageKind};
 use crate::servable::{ServableVersion, loader};
 use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Repository, Service};
+use crate::spec::{FunctionId, ServableSpec, StageKind};
+use crate::workers::ipc::FunctionEntry;
+use crate::workers::supervisor::{WorkerConfig, WorkerHandle};
 use futures::future::BoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -26,7 +26,7 @@ const MB: usize = 1024 * 1024;
 #[pyclass(frozen, name = "Server", module = "rustserve._rustserve")]
 pub struct PyServer {
     runtime: ServerRuntime,
-    executor: Arc<PyExecutor>,
+    executor: Arc<GilThread>,
     dispatcher: Arc<Dispatcher>,
     workers: Mutex<Vec<Arc<WorkerHandle>>>,
     service: Arc<Service>,
@@ -80,7 +80,7 @@ impl PyServer {
     #[pyo3(signature = (worker_threads = 0))]
     fn new(worker_threads: usize) -> PyResult<Self> {
         let runtime = ServerRuntime::new(worker_threads).map_err(|e| ServerStartError::new_err(e.to_string()))?;
-        let executor = Arc::new(PyExecutor::spawn().map_err(|e| ServerStartError::new_err(e.to_string()))?);
+        let executor = Arc::new(GilThread::spawn().map_err(|e| ServerStartError::new_err(e.to_string()))?);
         let dispatcher = Arc::new(Dispatcher::new(executor.clone()));
         let service = Arc::new(Service::new(dispatcher.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
         Ok(PyServer {
@@ -309,7 +309,7 @@ struct WorkerPlan {
 fn specs_and_worker_plans(
     py: Python<'_>,
     dicts: &[Bound<'_, PyDict>],
-    executor: &PyExecutor,
+    executor: &GilThread,
 ) -> PyResult<(Vec<ServableSpec>, Vec<WorkerPlan>)> {
     let specs = dicts
         .iter()
@@ -447,7 +447,7 @@ fn stop_workers(workers: &[Arc<WorkerHandle>]) {
 /// the models with the GIL released.
 struct PyRepository {
     loader: Arc<Py<PyAny>>,
-    executor: Arc<PyExecutor>,
+    executor: Arc<GilThread>,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -463,7 +463,7 @@ impl Drop for VersionWorker {
 /// The stage functions a servable version registered: released when that version is dropped, so unloads and reloads
 /// do not keep old configs' functions (and their modules) alive.
 struct VersionFunctions {
-    executor: Arc<PyExecutor>,
+    executor: Arc<GilThread>,
     ids: Vec<FunctionId>,
 }
 
@@ -475,7 +475,7 @@ impl Drop for VersionFunctions {
 
 /// Loads the models of `specs` and builds their versions, each holding its stage functions until it is dropped; on
 /// failure, releases every function the specs registered.
-fn load_versions(specs: Vec<ServableSpec>, executor: &Arc<PyExecutor>) -> Result<Vec<ServableVersion>, ServeError> {
+fn load_versions(specs: Vec<ServableSpec>, executor: &Arc<GilThread>) -> Result<Vec<ServableVersion>, ServeError> {
     let functions: Vec<Vec<FunctionId>> = specs.iter().map(function_ids).collect();
     let outcome = specs.into_iter().map(loader::load).collect::<Result<Vec<_>, _>>();
     let mut versions = outcome.inspect_err(|_| {
@@ -588,7 +588,7 @@ pub fn onnx_signature<'py>(py: Python<'py>, model_path: &str) -> PyResult<Bound<
     let signature = py
         .detach(move || crate::model::read_signature(&path))
         .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
-    let describe = |infos: &[crate::model::IoInfo]| -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let describe = |infos: &[crate::batching::IoInfo]| -> PyResult<Vec<Bound<'py, PyDict>>> {
         infos
             .iter()
             .map(|io| {

@@ -1,7 +1,8 @@
 //! Plain-data servable description, the Rust mirror of python/rustserve/server/_spec.py. The Python loader
 //! records it while importing servable_config.py; the Python bridge converts the dicts into these structs;
-//! the loader in this folder validates them against the ONNX models. No Python objects live here: function
-//! stages refer to their callable by `FunctionId`, an index into the Python executor's table.
+//! `servable::loader` validates them against the ONNX models. No Python objects live here: function stages refer
+//! to their callable by `FunctionId`, an index into the GIL thread's function table. It sits below `pipeline` and
+//! `servable`, which both read it.
 
 /// Where a stage input or method output comes from: stage 0 = method inputs, stage k = k-th stage's outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

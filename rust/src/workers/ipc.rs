@@ -76,6 +76,21 @@ pub enum Frame {
     ModelReply(Result<Vec<InstanceResult>, String>),
 }
 
+impl Frame {
+    /// The frame kind's name, for error texts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Setup { .. } => "Setup",
+            Frame::Ready { .. } => "Ready",
+            Frame::SetupFailed { .. } => "SetupFailed",
+            Frame::Call(_) => "Call",
+            Frame::Results(_) => "Results",
+            Frame::ModelCall { .. } => "ModelCall",
+            Frame::ModelReply(_) => "ModelReply",
+        }
+    }
+}
+
 mod kind {
     pub const SETUP: u8 = 1;
     pub const READY: u8 = 2;

@@ -1,10 +1,10 @@
 //! The GIL thread: one OS thread that attaches to Python once and runs the Python stages the dispatcher gives it
-//! (every servable's; worker processes add more executors, see `dispatch` and `workers`). It detaches only while
+//! (every servable's; worker processes add more executors, see `crate::dispatch` and `crate::workers`). It detaches only while
 //! it waits for the next call, so model runs and I/O never wait for the GIL and the GIL is never taken on a tokio
 //! worker.
 
-use super::dispatch::{StageExecutor, Ticket};
 use super::stages;
+use crate::dispatch::{StageExecutor, Ticket};
 use crate::error::ServeError;
 use crate::pipeline::FunctionCall;
 use crate::request::InstanceResult;
@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 pub type FunctionTable = Arc<RwLock<Vec<Option<Py<PyAny>>>>>;
 
 /// Handle to the GIL thread; `shutdown` (or drop) ends it after the call in progress.
-pub struct PyExecutor {
+pub struct GilThread {
     sender: Mutex<Option<mpsc::Sender<Ticket>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub functions: FunctionTable,
@@ -41,9 +41,9 @@ fn run(py: Python<'_>, functions: &FunctionTable, call: &FunctionCall) -> Vec<In
     }
 }
 
-impl PyExecutor {
+impl GilThread {
     /// Starts the GIL thread.
-    pub fn spawn() -> std::io::Result<PyExecutor> {
+    pub fn spawn() -> std::io::Result<GilThread> {
         let (sender, receiver) = mpsc::channel::<Ticket>();
         let functions = FunctionTable::default();
         let table = functions.clone();
@@ -69,7 +69,7 @@ impl PyExecutor {
                     }
                 });
             })?;
-        Ok(PyExecutor {
+        Ok(GilThread {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
             functions,
@@ -77,15 +77,15 @@ impl PyExecutor {
     }
 
     /// Registers a callable and returns its index. Call while attached.
-    pub fn add_function(&self, function: Py<PyAny>) -> crate::servable::spec::FunctionId {
+    pub fn add_function(&self, function: Py<PyAny>) -> crate::spec::FunctionId {
         let mut table = self.functions.write().unwrap_or_else(PoisonError::into_inner);
         table.push(Some(function));
-        crate::servable::spec::FunctionId(table.len() - 1)
+        crate::spec::FunctionId(table.len() - 1)
     }
 
     /// Drops the callables of `ids` (their ids are never reused); a call to one of them then fails with
     /// "is not registered". Needs no GIL: pyo3 defers the decrefs.
-    pub fn release_functions(&self, ids: &[crate::servable::spec::FunctionId]) {
+    pub fn release_functions(&self, ids: &[crate::spec::FunctionId]) {
         let mut table = self.functions.write().unwrap_or_else(PoisonError::into_inner);
         for id in ids {
             if let Some(entry) = table.get_mut(id.0) {
@@ -106,7 +106,7 @@ impl PyExecutor {
     }
 }
 
-impl StageExecutor for PyExecutor {
+impl StageExecutor for GilThread {
     fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
         let guard = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         match guard.as_ref() {
@@ -116,7 +116,7 @@ impl StageExecutor for PyExecutor {
     }
 }
 
-impl Drop for PyExecutor {
+impl Drop for GilThread {
     fn drop(&mut self) {
         self.sender.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
