@@ -11,7 +11,7 @@ The tree (built once per session by `build_servable_tree`) holds these servables
   (returns the input x and double(x)), `model_call` (`plus_one.call(x)`, `plus_one.call([[x], [2x]])` summed,
   `double.call(x)`).
 * `pystages` (no models): raising stages, batch stages (list and generator form), stages returning garbage, value
-  conversions, string/bytes stages. See `PYSTAGES_CONFIG`.
+  conversions, string/bytes stages. See tests/servables/pystages/servable_config.py.
 * `dtypes`: `id_<dtype>` through an ONNX Identity model ([batch, 3], symbolic) for every numeric dtype, `echo`
   (no stage: returns its input).
 * `mlp`: `classify` (seeded 4 -> 8 -> 3 MLP; outputs `label` int64 scalar and `probs` [3]).
@@ -23,6 +23,7 @@ import base64
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,272 +74,12 @@ MS_BYTES = 14
 # servable_config.py sources of the session tree
 # ---------------------------------------------------------------------------------------------------------------
 
-ADD_CONFIG = '''
-"""MindSpore's add example on ONNX: v1 computes x1 + x2, v2 x1 + x2 + 100 (the model file differs)."""
-import numpy as np
-
-from rustserve.server import register
-
-model = register.declare_model(model_file="add.onnx", model_format="ONNX", with_batch_dim=False)
-
-
-def add_trans_datatype(x1, x2):
-    return x1.astype(np.float32), x2.astype(np.float32)
-
-
-def cast_like(y, like):
-    return y.astype(like.dtype)
-
-
-@register.register_method(output_names=["y"])
-def add_common(x1, x2):
-    y = register.add_stage(model, x1, x2, outputs_count=1)
-    return y
-
-
-@register.register_method(output_names=["y"])
-def add_cast(x1, x2):
-    f1, f2 = register.add_stage(add_trans_datatype, x1, x2, outputs_count=2)
-    y = register.add_stage(model, f1, f2, outputs_count=1)
-    y = register.add_stage(cast_like, y, x1, outputs_count=1)
-    return y
-'''
-
-BATCHING_CONFIG = '''
-"""Batching shapes: fixed batch 4, symbolic batch (max 3), no batch dim, and an unbatched input."""
-from rustserve.server import register
-
-fixed = register.declare_model(model_file="add_fixed.onnx", model_format="ONNX", with_batch_dim=True)
-dynamic = register.declare_model(
-    model_file="add_dynamic.onnx", model_format="ONNX", with_batch_dim=True, max_batch_size=3
-)
-matmul_model = register.declare_model(model_file="matmul.onnx", model_format="ONNX", with_batch_dim=False)
-bias_model = register.declare_model(
-    model_file="bias_add.onnx", model_format="ONNX", with_batch_dim=True, without_batch_dim_inputs=1
-)
-
-
-@register.register_method(output_names=["y"])
-def add_fixed(x1, x2):
-    return register.add_stage(fixed, x1, x2, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def add_dynamic(x1, x2):
-    return register.add_stage(dynamic, x1, x2, outputs_count=1)
-
-
-@register.register_method(output_names=["c"])
-def matmul(a, b):
-    return register.add_stage(matmul_model, a, b, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def bias_add(x, bias):
-    return register.add_stage(bias_model, x, bias, outputs_count=1)
-'''
-
-PIPELINE_CONFIG = '''
-"""Two models glued by Python stages, several methods, a pass-through output, and Model.call."""
-from rustserve.server import register
-
-double = register.declare_model(model_file="double.onnx", model_format="ONNX", with_batch_dim=True)
-plus_one = register.declare_model(
-    model_file="plus_one.onnx", model_format="ONNX", with_batch_dim=True, max_batch_size=4
-)
-
-
-def preprocess(x):
-    return x - 1
-
-
-def glue(y):
-    return y + 10
-
-
-def postprocess(z):
-    return z, float(z.sum())
-
-
-def call_models(x):
-    single = plus_one.call(x)
-    pair = plus_one.call([[x], [x * 2]])
-    doubled = double.call(x)
-    return single, pair[0][0] + pair[1][0], doubled
-
-
-@register.register_method(output_names=["z", "total"])
-def chain(x):
-    p = register.add_stage(preprocess, x, outputs_count=1)
-    y = register.add_stage(double, p, outputs_count=1)
-    g = register.add_stage(glue, y, outputs_count=1)
-    z = register.add_stage(plus_one, g, outputs_count=1)
-    z, total = register.add_stage(postprocess, z, outputs_count=2)
-    return z, total
-
-
-@register.register_method(output_names=["y"])
-def double_only(x):
-    return register.add_stage(double, x, outputs_count=1)
-
-
-@register.register_method(output_names=["x", "y"])
-def passthrough(x):
-    y = register.add_stage(double, x, outputs_count=1)
-    return x, y
-
-
-@register.register_method(output_names=["single", "multi", "doubled"])
-def model_call(x):
-    single, multi, doubled = register.add_stage(call_models, x, outputs_count=3)
-    return single, multi, doubled
-'''
-
-PYSTAGES_CONFIG = '''
-"""Python-only stages: errors, batch functions, garbage results, and value conversions."""
-import numpy as np
-
-from rustserve.server import register
-
-
-def _negative(x):
-    return float(np.asarray(x, dtype=np.float64).sum()) < 0
-
-
-def raise_fn(x):
-    if _negative(x):
-        raise ValueError("negative input")
-    return x
-
-
-def plus_one(x):
-    return x + 1
-
-
-def batch_square(instances):
-    count = np.int64(len(instances))
-    return [(x * x, count) for (x,) in instances]
-
-
-def gen_triple(instances):
-    for (x,) in instances:
-        if _negative(x):
-            raise ValueError("negative input")
-        yield x * 3
-
-
-def batch_raise(instances):
-    if any(_negative(x) for (x,) in instances):
-        raise ValueError("negative in batch")
-    return [x for (x,) in instances]
-
-
-def returns_none(x):
-    return None
-
-
-def returns_three(x):
-    return x, x, x
-
-
-def batch_short(instances):
-    return []
-
-
-def convert(x):
-    v = float(np.asarray(x, dtype=np.float64).sum())
-    return (
-        int(v),
-        v,
-        v > 0,
-        f"sum={v:g}",
-        b"\\x00sum" + str(int(v)).encode(),
-        np.float16(v),
-        np.array([v, -v], dtype=np.float64),
-    )
-
-
-def describe(x):
-    if isinstance(x, np.ndarray):
-        return f"ndarray:{x.dtype}:{list(x.shape)}"
-    return type(x).__name__
-
-
-def reverse_str(s):
-    return s[::-1]
-
-
-def reverse_bytes(b):
-    return bytes(b.tobytes()[::-1])
-
-
-@register.register_method(output_names=["y"])
-def raising(x):
-    return register.add_stage(raise_fn, x, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def raising_late(x):
-    y = register.add_stage(plus_one, x, outputs_count=1)
-    return register.add_stage(raise_fn, y, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def raising_tagged(x):
-    return register.add_stage(raise_fn, x, outputs_count=1, tag="Preprocess")
-
-
-@register.register_method(output_names=["y", "batch_len"])
-def batch_list(x):
-    y, n = register.add_stage(batch_square, x, outputs_count=2, batch_size=4)
-    return y, n
-
-
-@register.register_method(output_names=["y"])
-def batch_gen(x):
-    return register.add_stage(gen_triple, x, outputs_count=1, batch_size=0)
-
-
-@register.register_method(output_names=["y"])
-def batch_raising(x):
-    return register.add_stage(batch_raise, x, outputs_count=1, batch_size=2)
-
-
-@register.register_method(output_names=["y"])
-def garbage_none(x):
-    return register.add_stage(returns_none, x, outputs_count=1)
-
-
-@register.register_method(output_names=["a", "b"])
-def garbage_count(x):
-    a, b = register.add_stage(returns_three, x, outputs_count=2)
-    return a, b
-
-
-@register.register_method(output_names=["y"])
-def garbage_short(x):
-    return register.add_stage(batch_short, x, outputs_count=1, batch_size=4)
-
-
-@register.register_method(output_names=["as_int", "as_float", "as_bool", "as_str", "as_bytes", "as_f16", "as_array"])
-def convert_values(x):
-    return register.add_stage(convert, x, outputs_count=7)
-
-
-@register.register_method(output_names=["kind"])
-def describe_input(x):
-    return register.add_stage(describe, x, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def reverse_text(s):
-    return register.add_stage(reverse_str, s, outputs_count=1)
-
-
-@register.register_method(output_names=["y"])
-def reverse_blob(b):
-    return register.add_stage(reverse_bytes, b, outputs_count=1)
-'''
+# tests/servables/<name>/ holds the servable_config.py of each servable of the session tree but `dtypes`, which is
+# generated from `models.NUMERIC_DTYPES`; `build_servable_tree` copies them. Tests that build trees of their own
+# write the texts of two of them (`write_servable`).
+SERVABLE_SOURCES = TESTS_DIR / "servables"
+ADD_CONFIG = (SERVABLE_SOURCES / "add" / "servable_config.py").read_text()
+PYSTAGES_CONFIG = (SERVABLE_SOURCES / "pystages" / "servable_config.py").read_text()
 
 DTYPE_NAMES: tuple[str, ...] = tuple(models.NUMERIC_DTYPES)
 
@@ -367,27 +108,6 @@ def _dtypes_config() -> str:
     return "\n".join(lines)
 
 
-MLP_CONFIG = '''
-"""A small classifier: model output probabilities, Python postprocess picks the label."""
-import numpy as np
-
-from rustserve.server import register
-
-model = register.declare_model(model_file="mlp.onnx", model_format="ONNX", with_batch_dim=True, max_batch_size=8)
-
-
-def top1(probs):
-    return np.int64(np.argmax(probs)), probs
-
-
-@register.register_method(output_names=["label", "probs"])
-def classify(x):
-    probs = register.add_stage(model, x, outputs_count=1)
-    label, probs = register.add_stage(top1, probs, outputs_count=2)
-    return label, probs
-'''
-
-
 def write_servable(root: Path, name: str, config: str, versions: Sequence[int] = ()) -> Path:
     """Writes `<root>/<name>/servable_config.py` (dedented) and creates the given version directories."""
     folder = root / name
@@ -398,28 +118,43 @@ def write_servable(root: Path, name: str, config: str, versions: Sequence[int] =
     return folder
 
 
+def copy_servable(root: Path, name: str, versions: Sequence[int] = ()) -> Path:
+    """Copies `tests/servables/<name>/` to `<root>/<name>/` and creates the given version directories in the copy."""
+    folder = Path(
+        shutil.copytree(
+            SERVABLE_SOURCES / name,
+            root / name,
+            ignore=shutil.ignore_patterns("__pycache__"),
+            copy_function=shutil.copyfile,
+        )
+    )
+    for version in versions:
+        (folder / str(version)).mkdir()
+    return folder
+
+
 def build_servable_tree(root: Path) -> Path:
     """Builds the session's servables tree under `root` (see the module docstring) and returns `root`."""
-    add = write_servable(root, "add", ADD_CONFIG, (1, 2))
+    add = copy_servable(root, "add", (1, 2))
     models.build_add(add / "1" / "add.onnx")
     models.build_add(add / "2" / "add.onnx", offset=100.0)
 
-    batching = write_servable(root, "batching", BATCHING_CONFIG, (1,))
+    batching = copy_servable(root, "batching", (1,))
     models.build_add(batching / "1" / "add_fixed.onnx", batch=4, width=3)
     models.build_add(batching / "1" / "add_dynamic.onnx", batch=None, width=3)
     models.build_matmul(batching / "1" / "matmul.onnx")
     models.build_bias_add(batching / "1" / "bias_add.onnx", batch=4, width=3)
 
-    pipeline = write_servable(root, "pipeline", PIPELINE_CONFIG, (1,))
+    pipeline = copy_servable(root, "pipeline", (1,))
     models.build_chain(pipeline / "1", batch_a=2, batch_b=None)
 
-    write_servable(root, "pystages", PYSTAGES_CONFIG, (1,))
+    copy_servable(root, "pystages", (1,))
 
     dtypes = write_servable(root, "dtypes", _dtypes_config(), (1,))
     for name in DTYPE_NAMES:
         models.build_identity(dtypes / "1" / f"identity_{name}.onnx", name)
 
-    mlp = write_servable(root, "mlp", MLP_CONFIG, (1,))
+    mlp = copy_servable(root, "mlp", (1,))
     models.build_small_mlp(mlp / "1" / "mlp.onnx")
     return root
 
