@@ -12,7 +12,8 @@ pub mod code {
 }
 
 /// Why a request, an instance or a start-up step failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Serialisable because worker processes send it back over `workers::ipc`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ServeError {
     /// Routing, input names, tensor checks, model input checks (code 2).
     #[error("{0}")]

@@ -1,9 +1,9 @@
 //! The wire between the server and a Python worker process (`python -m rustserve.worker`): length-prefixed frames
 //! on a Unix socket, with every tensor payload in shared memory. Plain Rust (no pyo3), so it is unit-tested alone.
 //!
-//! Frame on the socket: `u32 LE body length | body`; body = `u8 protocol version | u8 kind | fields`. Fields are
-//! little-endian integers, `u32`-length-prefixed UTF-8 strings, and tensors as `dtype, dims, blob refs`. A blob
-//! ref is `(u64 offset, u64 len)` into the *sender's* shared-memory region. There are two regions per worker, one
+//! Frame on the socket: `u32 LE body length | body`; body = `u8 protocol version | WireFrame in postcard`
+//! (serde's compact binary form: varint integers, length-prefixed strings and lists). A tensor travels as its dtype,
+//! dims and blob refs; a blob ref is `(offset, len)` into the *sender's* shared-memory region. There are two regions per worker, one
 //! per direction, both memfds made by the server and handed to the worker once, with SCM_RIGHTS, in the `Setup`
 //! frame (so nothing is ever left behind in /dev/shm, whoever dies). A writer grows its region (ftruncate +
 //! remap, never shrink) when a frame does not fit; a reader remaps when a ref points past its mapping.
@@ -17,12 +17,19 @@ use crate::error::ServeError;
 use crate::request::InstanceResult;
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::fs::MemfdFlags;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer};
+use rustix::net::{SendAncillaryMessage, SendFlags};
+use serde::{Deserialize, Serialize};
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 /// Bumped whenever the body layout changes; both sides refuse a frame of another version.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Frames carry metadata only (payloads are in shared memory), so a huge length means a broken peer.
 pub const MAX_FRAME: usize = 64 << 20;
 /// Initial size of each shared-memory region; pages are only allocated when touched.
@@ -30,7 +37,7 @@ pub const INITIAL_REGION: usize = 1 << 20;
 
 /// One Python stage function the worker must serve: the server's id for it, and where servable_config.py
 /// registered it (so both processes agree without comparing memory addresses).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionEntry {
     pub id: u64,
     pub method: String,
@@ -91,16 +98,6 @@ impl Frame {
     }
 }
 
-mod kind {
-    pub const SETUP: u8 = 1;
-    pub const READY: u8 = 2;
-    pub const SETUP_FAILED: u8 = 3;
-    pub const CALL: u8 = 4;
-    pub const RESULTS: u8 = 5;
-    pub const MODEL_CALL: u8 = 6;
-    pub const MODEL_REPLY: u8 = 7;
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Blob storage: where tensor payloads go (shared memory in production, a Vec in tests).
 // ---------------------------------------------------------------------------------------------------------------
@@ -151,405 +148,279 @@ fn blob_range(offset: u64, len: u64, size: usize) -> Option<std::ops::Range<usiz
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Encoding
+// The wire form: `Frame` with every tensor payload replaced by refs into the sender's region.
 // ---------------------------------------------------------------------------------------------------------------
 
-struct Encoder<'a> {
-    out: Vec<u8>,
-    blobs: &'a mut dyn BlobSink,
+#[derive(Serialize, Deserialize)]
+struct BlobRef {
+    offset: u64,
+    len: u64,
 }
 
-impl Encoder<'_> {
-    fn u8(&mut self, v: u8) {
-        self.out.push(v);
-    }
+#[derive(Serialize, Deserialize)]
+enum WireData {
+    Raw(BlobRef),
+    Items(Vec<BlobRef>),
+}
 
-    fn u32(&mut self, v: u32) {
-        self.out.extend_from_slice(&v.to_le_bytes());
-    }
+#[derive(Serialize, Deserialize)]
+struct WireTensor {
+    /// MindSpore's proto dtype code.
+    dtype: u8,
+    shape: Vec<i64>,
+    data: WireData,
+}
 
-    fn len(&mut self, n: usize) -> io::Result<()> {
-        let n = u32::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "count exceeds u32"))?;
-        self.u32(n);
-        Ok(())
-    }
+type WireResult = Result<Vec<WireTensor>, ServeError>;
 
-    fn u64(&mut self, v: u64) {
-        self.out.extend_from_slice(&v.to_le_bytes());
-    }
+/// `Frame`, variant for variant.
+#[derive(Serialize, Deserialize)]
+enum WireFrame {
+    Setup {
+        functions: Vec<FunctionEntry>,
+    },
+    Ready {
+        pid: u32,
+    },
+    SetupFailed {
+        message: String,
+    },
+    Call {
+        function: u64,
+        name: String,
+        tag: String,
+        method: String,
+        stage_index: u32,
+        outputs_count: u32,
+        batch_size: Option<u32>,
+        instances: Vec<Vec<WireTensor>>,
+    },
+    Results(Vec<WireResult>),
+    ModelCall {
+        key: String,
+        subgraph: u64,
+        instances: Vec<Vec<WireTensor>>,
+    },
+    ModelReply(Result<Vec<WireResult>, String>),
+}
 
-    fn str(&mut self, s: &str) -> io::Result<()> {
-        self.len(s.len())?;
-        self.out.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
+/// How many variants `WireFrame` has: a body whose variant index is past it names an unknown frame kind.
+const FRAME_KINDS: u8 = 7;
 
-    fn blob(&mut self, data: &[u8]) -> io::Result<()> {
-        let (offset, len) = if data.is_empty() { (0, 0) } else { self.blobs.put(data)? };
-        self.u64(offset);
-        self.u64(len);
-        Ok(())
-    }
+fn put_blob(data: &[u8], blobs: &mut dyn BlobSink) -> io::Result<BlobRef> {
+    let (offset, len) = if data.is_empty() { (0, 0) } else { blobs.put(data)? };
+    Ok(BlobRef { offset, len })
+}
 
-    fn tensor(&mut self, t: &Tensor) -> io::Result<()> {
-        self.u8(t.dtype.to_ms_proto() as u8);
-        self.len(t.shape.len())?;
-        for &d in &t.shape {
-            self.out.extend_from_slice(&d.to_le_bytes());
+fn put_tensor(t: &Tensor, blobs: &mut dyn BlobSink) -> io::Result<WireTensor> {
+    let data = match &t.data {
+        TensorData::Raw(raw) => WireData::Raw(put_blob(raw, blobs)?),
+        TensorData::Items(items) => {
+            WireData::Items(items.iter().map(|i| put_blob(i, blobs)).collect::<Result<_, _>>()?)
         }
-        match &t.data {
-            TensorData::Raw(raw) => self.blob(raw),
-            TensorData::Items(items) => {
-                self.len(items.len())?;
-                items.iter().try_for_each(|item| self.blob(item))
-            }
-        }
-    }
+    };
+    Ok(WireTensor {
+        dtype: t.dtype.to_ms_proto() as u8,
+        shape: t.shape.clone(),
+        data,
+    })
+}
 
-    fn instances(&mut self, instances: &[Vec<Tensor>]) -> io::Result<()> {
-        self.len(instances.len())?;
-        for tensors in instances {
-            self.len(tensors.len())?;
-            tensors.iter().try_for_each(|t| self.tensor(t))?;
-        }
-        Ok(())
-    }
+fn put_tensors(tensors: &[Tensor], blobs: &mut dyn BlobSink) -> io::Result<Vec<WireTensor>> {
+    tensors.iter().map(|t| put_tensor(t, blobs)).collect()
+}
 
-    fn error(&mut self, e: &ServeError) -> io::Result<()> {
-        let tag = match e {
-            ServeError::InvalidInput(_) => 0,
-            ServeError::Stage(_) => 1,
-            ServeError::Model(_) => 2,
-            ServeError::Unavailable(_) => 3,
-            ServeError::Overloaded(_) => 4,
-            ServeError::Config(_) => 5,
-            ServeError::Internal(_) => 6,
-            ServeError::Timeout(_) => 7,
-        };
-        self.u8(tag);
-        self.str(e.message())
-    }
+fn put_instances(instances: &[Vec<Tensor>], blobs: &mut dyn BlobSink) -> io::Result<Vec<Vec<WireTensor>>> {
+    instances.iter().map(|tensors| put_tensors(tensors, blobs)).collect()
+}
 
-    fn results(&mut self, results: &[InstanceResult]) -> io::Result<()> {
-        self.len(results.len())?;
-        for result in results {
-            match result {
-                Ok(tensors) => {
-                    self.u8(0);
-                    self.len(tensors.len())?;
-                    tensors.iter().try_for_each(|t| self.tensor(t))?;
-                }
-                Err(e) => {
-                    self.u8(1);
-                    self.error(e)?;
-                }
-            }
-        }
-        Ok(())
-    }
+fn put_results(results: &[InstanceResult], blobs: &mut dyn BlobSink) -> io::Result<Vec<WireResult>> {
+    results
+        .iter()
+        .map(|result| match result {
+            Ok(tensors) => put_tensors(tensors, blobs).map(Ok),
+            Err(e) => Ok(Err(e.clone())),
+        })
+        .collect()
+}
+
+fn to_wire(frame: &Frame, blobs: &mut dyn BlobSink) -> io::Result<WireFrame> {
+    Ok(match frame {
+        Frame::Setup { functions } => WireFrame::Setup {
+            functions: functions.clone(),
+        },
+        Frame::Ready { pid } => WireFrame::Ready { pid: *pid },
+        Frame::SetupFailed { message } => WireFrame::SetupFailed {
+            message: message.clone(),
+        },
+        Frame::Call(call) => WireFrame::Call {
+            function: call.function,
+            name: call.name.clone(),
+            tag: call.tag.clone(),
+            method: call.method.clone(),
+            stage_index: call.stage_index,
+            outputs_count: call.outputs_count,
+            batch_size: call.batch_size,
+            instances: put_instances(&call.instances, blobs)?,
+        },
+        Frame::Results(results) => WireFrame::Results(put_results(results, blobs)?),
+        Frame::ModelCall {
+            key,
+            subgraph,
+            instances,
+        } => WireFrame::ModelCall {
+            key: key.clone(),
+            subgraph: *subgraph,
+            instances: put_instances(instances, blobs)?,
+        },
+        Frame::ModelReply(reply) => WireFrame::ModelReply(match reply {
+            Ok(results) => Ok(put_results(results, blobs)?),
+            Err(text) => Err(text.clone()),
+        }),
+    })
 }
 
 /// Encodes `frame` as wire bytes (length prefix included), its payloads into `blobs` (reset first).
 pub fn encode(frame: &Frame, blobs: &mut dyn BlobSink) -> io::Result<Vec<u8>> {
     blobs.reset();
-    let mut e = Encoder { out: vec![0; 4], blobs };
-    e.u8(PROTOCOL_VERSION);
-    match frame {
-        Frame::Setup { functions } => {
-            e.u8(kind::SETUP);
-            e.len(functions.len())?;
-            for f in functions {
-                e.u64(f.id);
-                e.str(&f.method)?;
-                e.u32(f.stage_index);
-                e.str(&f.name)?;
-            }
-        }
-        Frame::Ready { pid } => {
-            e.u8(kind::READY);
-            e.u32(*pid);
-        }
-        Frame::SetupFailed { message } => {
-            e.u8(kind::SETUP_FAILED);
-            e.str(message)?;
-        }
-        Frame::Call(call) => {
-            e.u8(kind::CALL);
-            e.u64(call.function);
-            e.str(&call.name)?;
-            e.str(&call.tag)?;
-            e.str(&call.method)?;
-            e.u32(call.stage_index);
-            e.u32(call.outputs_count);
-            match call.batch_size {
-                None => e.u8(0),
-                Some(size) => {
-                    e.u8(1);
-                    e.u32(size);
-                }
-            }
-            e.instances(&call.instances)?;
-        }
-        Frame::Results(results) => {
-            e.u8(kind::RESULTS);
-            e.results(results)?;
-        }
-        Frame::ModelCall {
-            key,
-            subgraph,
-            instances,
-        } => {
-            e.u8(kind::MODEL_CALL);
-            e.str(key)?;
-            e.u64(*subgraph);
-            e.instances(instances)?;
-        }
-        Frame::ModelReply(reply) => {
-            e.u8(kind::MODEL_REPLY);
-            match reply {
-                Ok(results) => {
-                    e.u8(0);
-                    e.results(results)?;
-                }
-                Err(text) => {
-                    e.u8(1);
-                    e.str(text)?;
-                }
-            }
-        }
-    }
-    let body = e.out.len() - 4;
+    let wire = to_wire(frame, blobs)?;
+    let out = postcard::to_extend(&wire, vec![0, 0, 0, 0, PROTOCOL_VERSION])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("cannot encode a frame: {e}")))?;
+    let body = out.len() - 4;
     if body > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("frame of {body} bytes is too large"),
         ));
     }
-    e.out[..4].copy_from_slice(&(body as u32).to_le_bytes());
-    Ok(e.out)
+    let mut out = out;
+    out[..4].copy_from_slice(&(body as u32).to_le_bytes());
+    Ok(out)
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Decoding: every length is checked against what is left, so a truncated or corrupt frame is an error, never a
-// panic or a huge allocation.
-// ---------------------------------------------------------------------------------------------------------------
-
-struct Decoder<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    blobs: &'a mut dyn BlobSource,
+fn get_blob(blob: &BlobRef, blobs: &mut dyn BlobSource) -> Result<Bytes, String> {
+    if blob.len == 0 {
+        return Ok(Bytes::new());
+    }
+    blobs.get(blob.offset, blob.len)
 }
 
-impl Decoder<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        let left = self.buf.len() - self.pos;
-        if n > left {
-            return Err(format!(
-                "truncated frame: {n} bytes needed at offset {}, {left} left",
-                self.pos
-            ));
+/// A tensor from its wire form, checked like any decoded tensor (`Tensor::new`: dtype, shape against payload).
+fn get_tensor(t: WireTensor, blobs: &mut dyn BlobSource) -> Result<Tensor, String> {
+    let dtype = DType::from_ms_proto(i32::from(t.dtype)).ok_or_else(|| format!("unknown dtype code {}", t.dtype))?;
+    let data = match (&t.data, dtype.is_variable()) {
+        (WireData::Raw(blob), false) => TensorData::Raw(get_blob(blob, blobs)?),
+        (WireData::Items(items), true) => {
+            TensorData::Items(items.iter().map(|b| get_blob(b, blobs)).collect::<Result<_, _>>()?)
         }
-        let bytes = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(bytes)
-    }
+        _ => return Err(format!("the payload kind does not fit dtype {dtype}")),
+    };
+    Tensor::new(dtype, t.shape, data)
+}
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
+fn get_tensors(tensors: Vec<WireTensor>, blobs: &mut dyn BlobSource) -> Result<Vec<Tensor>, String> {
+    tensors.into_iter().map(|t| get_tensor(t, blobs)).collect()
+}
 
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.array::<1>()?[0])
-    }
+fn get_instances(instances: Vec<Vec<WireTensor>>, blobs: &mut dyn BlobSource) -> Result<Vec<Vec<Tensor>>, String> {
+    instances
+        .into_iter()
+        .map(|tensors| get_tensors(tensors, blobs))
+        .collect()
+}
 
-    fn u32(&mut self) -> Result<u32, String> {
-        self.array().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        self.array().map(u64::from_le_bytes)
-    }
-
-    /// A count of items that take at least `min_size` bytes each in the rest of the frame.
-    fn count(&mut self, min_size: usize) -> Result<usize, String> {
-        let n = self.u32()? as usize;
-        let left = self.buf.len() - self.pos;
-        if n.saturating_mul(min_size) > left {
-            return Err(format!("truncated frame: {n} items announced, {left} bytes left"));
-        }
-        Ok(n)
-    }
-
-    fn str(&mut self) -> Result<String, String> {
-        let n = self.count(1)?;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "frame string is not UTF-8".to_string())
-    }
-
-    fn blob(&mut self) -> Result<Bytes, String> {
-        let offset = self.u64()?;
-        let len = self.u64()?;
-        if len == 0 {
-            return Ok(Bytes::new());
-        }
-        self.blobs.get(offset, len)
-    }
-
-    fn tensor(&mut self) -> Result<Tensor, String> {
-        let code = self.u8()?;
-        let dtype = DType::from_ms_proto(i32::from(code)).ok_or_else(|| format!("unknown dtype code {code}"))?;
-        let ndim = self.count(8)?;
-        let shape = (0..ndim)
-            .map(|_| self.array().map(i64::from_le_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let data = if dtype.is_variable() {
-            let n = self.count(16)?;
-            TensorData::Items((0..n).map(|_| self.blob()).collect::<Result<_, _>>()?)
-        } else {
-            TensorData::Raw(self.blob()?)
-        };
-        Tensor::new(dtype, shape, data)
-    }
-
-    fn instances(&mut self) -> Result<Vec<Vec<Tensor>>, String> {
-        let n = self.count(4)?;
-        (0..n)
-            .map(|_| {
-                let m = self.count(1)?;
-                (0..m).map(|_| self.tensor()).collect()
-            })
-            .collect()
-    }
-
-    fn error(&mut self) -> Result<ServeError, String> {
-        let tag = self.u8()?;
-        let text = self.str()?;
-        Ok(match tag {
-            0 => ServeError::InvalidInput(text),
-            1 => ServeError::Stage(text),
-            2 => ServeError::Model(text),
-            3 => ServeError::Unavailable(text),
-            4 => ServeError::Overloaded(text),
-            5 => ServeError::Config(text),
-            6 => ServeError::Internal(text),
-            7 => ServeError::Timeout(text),
-            other => return Err(format!("unknown error kind {other}")),
+fn get_results(results: Vec<WireResult>, blobs: &mut dyn BlobSource) -> Result<Vec<InstanceResult>, String> {
+    results
+        .into_iter()
+        .map(|result| match result {
+            Ok(tensors) => get_tensors(tensors, blobs).map(Ok),
+            Err(e) => Ok(Err(e)),
         })
-    }
-
-    fn results(&mut self) -> Result<Vec<InstanceResult>, String> {
-        let n = self.count(1)?;
-        (0..n)
-            .map(|_| match self.u8()? {
-                0 => {
-                    let m = self.count(1)?;
-                    Ok(Ok((0..m).map(|_| self.tensor()).collect::<Result<_, _>>()?))
-                }
-                1 => Ok(Err(self.error()?)),
-                other => Err(format!("unknown result tag {other}")),
-            })
-            .collect()
-    }
-
-    fn frame(&mut self) -> Result<Frame, String> {
-        let version = self.u8()?;
-        if version != PROTOCOL_VERSION {
-            return Err(format!(
-                "protocol version {version} is not the supported version {PROTOCOL_VERSION} (server and worker \
-                 must come from the same rustserve install)"
-            ));
-        }
-        let frame = match self.u8()? {
-            kind::SETUP => {
-                let n = self.count(20)?;
-                let functions = (0..n)
-                    .map(|_| {
-                        Ok(FunctionEntry {
-                            id: self.u64()?,
-                            method: self.str()?,
-                            stage_index: self.u32()?,
-                            name: self.str()?,
-                        })
-                    })
-                    .collect::<Result<_, String>>()?;
-                Frame::Setup { functions }
-            }
-            kind::READY => Frame::Ready { pid: self.u32()? },
-            kind::SETUP_FAILED => Frame::SetupFailed { message: self.str()? },
-            kind::CALL => Frame::Call(CallFrame {
-                function: self.u64()?,
-                name: self.str()?,
-                tag: self.str()?,
-                method: self.str()?,
-                stage_index: self.u32()?,
-                outputs_count: self.u32()?,
-                batch_size: match self.u8()? {
-                    0 => None,
-                    1 => Some(self.u32()?),
-                    other => return Err(format!("unknown batch size tag {other}")),
-                },
-                instances: self.instances()?,
-            }),
-            kind::RESULTS => Frame::Results(self.results()?),
-            kind::MODEL_CALL => Frame::ModelCall {
-                key: self.str()?,
-                subgraph: self.u64()?,
-                instances: self.instances()?,
-            },
-            kind::MODEL_REPLY => Frame::ModelReply(match self.u8()? {
-                0 => Ok(self.results()?),
-                1 => Err(self.str()?),
-                other => return Err(format!("unknown reply tag {other}")),
-            }),
-            other => return Err(format!("unknown frame kind {other}")),
-        };
-        if self.pos != self.buf.len() {
-            return Err(format!("{} bytes left over after the frame", self.buf.len() - self.pos));
-        }
-        Ok(frame)
-    }
+        .collect()
 }
 
-/// Decodes a frame body (without its length prefix); payloads are copied out of `blobs`.
+fn from_wire(wire: WireFrame, blobs: &mut dyn BlobSource) -> Result<Frame, String> {
+    Ok(match wire {
+        WireFrame::Setup { functions } => Frame::Setup { functions },
+        WireFrame::Ready { pid } => Frame::Ready { pid },
+        WireFrame::SetupFailed { message } => Frame::SetupFailed { message },
+        WireFrame::Call {
+            function,
+            name,
+            tag,
+            method,
+            stage_index,
+            outputs_count,
+            batch_size,
+            instances,
+        } => Frame::Call(CallFrame {
+            function,
+            name,
+            tag,
+            method,
+            stage_index,
+            outputs_count,
+            batch_size,
+            instances: get_instances(instances, blobs)?,
+        }),
+        WireFrame::Results(results) => Frame::Results(get_results(results, blobs)?),
+        WireFrame::ModelCall {
+            key,
+            subgraph,
+            instances,
+        } => Frame::ModelCall {
+            key,
+            subgraph,
+            instances: get_instances(instances, blobs)?,
+        },
+        WireFrame::ModelReply(reply) => Frame::ModelReply(match reply {
+            Ok(results) => Ok(get_results(results, blobs)?),
+            Err(text) => Err(text),
+        }),
+    })
+}
+
+/// Decodes a frame body (without its length prefix); payloads are copied out of `blobs`. A truncated or corrupt
+/// body is an error, never a panic or a huge allocation (serde pre-allocates lists by at most a small cap, and
+/// postcard checks every length against what is left).
 pub fn decode(body: &[u8], blobs: &mut dyn BlobSource) -> Result<Frame, String> {
-    Decoder {
-        buf: body,
-        pos: 0,
-        blobs,
+    let Some((&version, rest)) = body.split_first() else {
+        return Err("truncated frame: the body is empty".into());
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {version} is not the supported version {PROTOCOL_VERSION} (server and worker \
+             must come from the same rustserve install)"
+        ));
     }
-    .frame()
+    // postcard writes the variant index first, as a varint: one byte for every index below 128.
+    if let Some(&kind) = rest.first()
+        && kind >= FRAME_KINDS
+    {
+        return Err(format!("unknown frame kind {kind}"));
+    }
+    let (wire, left) = postcard::take_from_bytes::<WireFrame>(rest).map_err(|e| match e {
+        postcard::Error::DeserializeUnexpectedEnd => "truncated frame".to_string(),
+        other => format!("broken frame: {other}"),
+    })?;
+    if !left.is_empty() {
+        return Err(format!("{} bytes left over after the frame", left.len()));
+    }
+    from_wire(wire, blobs)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Socket I/O
 // ---------------------------------------------------------------------------------------------------------------
 
-fn last_error() -> io::Error {
-    io::Error::last_os_error()
-}
-
 /// Writes all of `bytes`; never raises SIGPIPE (a dead peer is an `EPIPE` error, not a dead server).
 pub fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: the pointer and length describe the live `bytes` slice; the fd is owned by `stream`.
-        let n = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let err = last_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match rustix::net::send(stream, bytes, SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        bytes = &bytes[n as usize..];
     }
     Ok(())
 }
@@ -583,93 +454,50 @@ pub fn read_frame(mut stream: impl Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
-/// Room for the two region fds of `Setup` (as `u64`s, for cmsghdr alignment).
-const CMSG_WORDS: usize = 8;
+/// The most file descriptors one frame carries (`Setup` sends the two regions).
 const MAX_FDS: usize = 4;
 
 /// Sends wire bytes with file descriptors attached (SCM_RIGHTS).
-pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} fds per frame");
-    let mut control = [0u64; CMSG_WORDS];
-    let payload = std::mem::size_of_val(fds) as u32;
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer set below refers to a live local buffer of the stated size, and
-    // the cmsg header and data are written through the libc macros within `control` (CMSG_SPACE(16) <= 64 bytes).
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(payload) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
-        let bytes: Vec<u8> = fds.iter().flat_map(|fd| fd.to_ne_bytes()).collect();
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), libc::CMSG_DATA(cmsg), bytes.len());
-        loop {
-            let n = libc::sendmsg(stream.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL);
-            if n >= 0 || last_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(fds));
+    let sent = loop {
+        match rustix::net::sendmsg(stream, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => break other?,
         }
     };
-    if sent < 0 {
-        return Err(last_error());
-    }
-    send_all(stream, &bytes[sent as usize..])
+    send_all(stream, &bytes[sent..])
 }
 
 /// Reads one frame and the file descriptors sent with it; `None` body on a clean end of stream.
 pub fn recv_with_fds(stream: &UnixStream) -> io::Result<(Option<Vec<u8>>, Vec<OwnedFd>)> {
     let mut head = [0u8; 4];
-    let mut control = [0u64; CMSG_WORDS];
-    let mut iov = libc::iovec {
-        iov_base: head.as_mut_ptr().cast(),
-        iov_len: head.len(),
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    // CMSG_CLOEXEC: the received fds must not leak into processes this one spawns.
+    let received = loop {
+        let iov = &mut [IoSliceMut::new(&mut head)];
+        match rustix::net::recvmsg(stream, iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Err(rustix::io::Errno::INTR) => {}
+            other => break other?,
+        }
     };
     let mut fds = Vec::new();
-    // SAFETY: as in `send_with_fds`; the kernel writes at most `msg_controllen` bytes into `control`, and each fd
-    // read out of a SCM_RIGHTS message is a new descriptor this process now owns (MSG_CMSG_CLOEXEC sets CLOEXEC).
-    let got = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        let n = loop {
-            let n = libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 || last_error().kind() != io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        if n < 0 {
-            return Err(last_error());
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
-        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data_len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = std::slice::from_raw_parts(libc::CMSG_DATA(cmsg), data_len);
-                for fd in data.chunks_exact(std::mem::size_of::<RawFd>()) {
-                    let mut raw = [0u8; std::mem::size_of::<RawFd>()];
-                    raw.copy_from_slice(fd);
-                    fds.push(OwnedFd::from_raw_fd(RawFd::from_ne_bytes(raw)));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "too many file descriptors in a frame",
-            ));
-        }
-        n as usize
-    };
+    }
+    if received.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "too many file descriptors in a frame",
+        ));
+    }
+    let got = received.bytes;
     if got == 0 {
         return Ok((None, fds));
     }
@@ -682,24 +510,17 @@ pub fn recv_with_fds(stream: &UnixStream) -> io::Result<(Option<Vec<u8>>, Vec<Ow
 
 /// Waits until one of `fds` is readable (or hung up); `timeout_ms` < 0 waits forever. Returns which are ready
 /// (all false on timeout).
-pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let timeout = u64::try_from(timeout_ms).ok().map(|ms| Timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+    });
     loop {
-        // SAFETY: `polls` is a live array of `polls.len()` pollfd structs.
-        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout_ms) };
-        if n >= 0 {
-            return Ok(polls.iter().map(|p| p.revents != 0).collect());
-        }
-        let err = last_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match rustix::event::poll(&mut polls, timeout.as_ref()) {
+            Ok(_) => return Ok(polls.iter().map(|p| !p.revents().is_empty()).collect()),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -709,31 +530,25 @@ pub struct Wake(OwnedFd);
 
 impl Wake {
     pub fn new() -> io::Result<Wake> {
-        // SAFETY: plain syscall; a non-negative result is a new fd we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(last_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Wake(rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?))
     }
 
-    /// Raises the flag (never blocks).
+    /// Raises the flag (never blocks; a full counter, EAGAIN, is raised already).
     pub fn raise(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to our eventfd; a full counter (EAGAIN) is already raised.
-        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        let _ = rustix::io::write(&self.0, &1u64.to_ne_bytes());
     }
 
-    /// Lowers the flag.
+    /// Lowers the flag (EAGAIN: it was not raised).
     pub fn clear(&self) {
-        let mut buf = [0u8; 8];
-        // SAFETY: reads at most 8 bytes into a live buffer; EAGAIN (not raised) is fine.
-        let _ = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut counter);
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
     }
 }
 
@@ -754,15 +569,8 @@ unsafe impl Send for Shm {}
 impl Shm {
     /// Creates an anonymous memfd of `len` bytes (close-on-exec; passed to workers with SCM_RIGHTS only).
     pub fn create(name: &str, len: usize) -> io::Result<Shm> {
-        let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `name` is a valid C string; a non-negative result is a new fd we own.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(last_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
         let mut shm = Shm {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?,
             ptr: std::ptr::null_mut(),
             len: 0,
         };
@@ -781,8 +589,8 @@ impl Shm {
         Ok(shm)
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     fn map(&mut self, len: usize) -> io::Result<()> {
@@ -790,20 +598,18 @@ impl Shm {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: maps `len` bytes of our memfd, whose size is at least `len` (set by ftruncate or read by fstat).
+        // SAFETY: maps `len` bytes of our memfd, whose size is at least `len` (set by ftruncate or read by fstat);
+        // the mapping is new, so it aliases no Rust reference.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &self.fd,
                 0,
-            )
+            )?
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(last_error());
-        }
         self.ptr = ptr.cast();
         self.len = len;
         Ok(())
@@ -811,8 +617,9 @@ impl Shm {
 
     fn unmap(&mut self) {
         if !self.ptr.is_null() {
-            // SAFETY: `ptr`/`len` describe a mapping made by `map` and not unmapped since.
-            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+            // SAFETY: `ptr`/`len` describe a mapping made by `map` and not unmapped since; no slice of it outlives
+            // this call (`bytes` borrows `self`).
+            let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
             self.ptr = std::ptr::null_mut();
             self.len = 0;
         }
@@ -820,24 +627,13 @@ impl Shm {
 
     /// Grows the file to `len` bytes (never shrinks: the peer may map it) and remaps.
     fn resize(&mut self, len: usize) -> io::Result<()> {
-        let size = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: plain syscall on our fd.
-        if unsafe { libc::ftruncate(self.fd.as_raw_fd(), size) } < 0 {
-            return Err(last_error());
-        }
+        rustix::fs::ftruncate(&self.fd, len as u64)?;
         self.map(len)
     }
 
     /// Remaps at the file's current size when the peer grew it.
     fn refresh(&mut self) -> io::Result<()> {
-        // SAFETY: fstat writes into a zeroed stat struct we own.
-        let size = unsafe {
-            let mut stat: libc::stat = std::mem::zeroed();
-            if libc::fstat(self.fd.as_raw_fd(), &raw mut stat) < 0 {
-                return Err(last_error());
-            }
-            usize::try_from(stat.st_size).unwrap_or(0)
-        };
+        let size = usize::try_from(rustix::fs::fstat(&self.fd)?.st_size).unwrap_or(0);
         if size == self.len { Ok(()) } else { self.map(size) }
     }
 
@@ -868,7 +664,7 @@ impl ShmWriter {
         ShmWriter { shm, cursor: 0 }
     }
 
-    pub fn fd(&self) -> RawFd {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.shm.fd()
     }
 }
@@ -1041,14 +837,21 @@ mod tests {
         body[0] = PROTOCOL_VERSION;
         body[1] = 99;
         assert!(decode(&body, &mut blobs).unwrap_err().contains("unknown frame kind 99"));
+        // `FRAME_KINDS` is the number of kinds: the test frames use every one, and each kind's index is its byte.
+        let mut kinds: Vec<u8> = frames()
+            .iter()
+            .map(|f| encode(f, &mut Vec::new()).unwrap()[5])
+            .collect();
+        kinds.dedup();
+        assert_eq!(kinds, (0..FRAME_KINDS).collect::<Vec<_>>());
         // Payloads that are not there: the blob region is shorter than the refs say.
         let mut short = blobs[..blobs.len() / 2].to_vec();
         let err = decode(&wire[4..], &mut short).unwrap_err();
         assert!(err.contains("outside"), "{err}");
-        // A huge announced count fails fast instead of allocating.
-        let mut huge = vec![PROTOCOL_VERSION, 5];
-        huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(&huge, &mut blobs).unwrap_err().contains("items announced"));
+        // A huge announced count (`Results` with 2^32-1 results, as a postcard varint) fails fast instead of
+        // allocating.
+        let huge = [PROTOCOL_VERSION, 4, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert_eq!(decode(&huge, &mut blobs).unwrap_err(), "truncated frame");
         // A payload that disagrees with the shape is refused by Tensor::new.
         let bad = Frame::Results(vec![Ok(vec![Tensor {
             dtype: DType::Float32,

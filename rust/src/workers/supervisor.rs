@@ -16,8 +16,9 @@ use super::ipc::{self, CallFrame, Frame, FunctionEntry, Shm, ShmReader, ShmWrite
 use crate::dispatch::{STOPPED, SlotControl, StageExecutor, Ticket};
 use crate::error::ServeError;
 use crate::pipeline::ModelSet;
+use rustix::process::{Pid, Signal, kill_process};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
@@ -174,11 +175,8 @@ impl StageExecutor for WorkerHandle {
     fn abort(&self, why: &str) -> bool {
         let Some(pid) = self.pid() else { return false };
         *self.shared.aborted.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_owned());
-        let Ok(pid) = libc::pid_t::try_from(pid) else {
-            return false;
-        };
-        // SAFETY: kill(2) takes plain integers; `pid` is our own child, reaped only by the supervisor after it ends.
-        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+        // `pid` is our own child, reaped only by the supervisor after it ends, so it cannot name another process.
+        signal_child(pid, Signal::KILL)
     }
 
     fn start(&self, ticket: Ticket) -> Result<(), Ticket> {
@@ -264,6 +262,12 @@ enum Ended {
 enum Flow {
     Next,
     End(Ended),
+}
+
+/// Sends `signal` to the child process `pid`; false when it is gone.
+fn signal_child(pid: u32, signal: Signal) -> bool {
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw);
+    pid.is_some_and(|pid| kill_process(pid, signal).is_ok())
 }
 
 /// `status` in words, for logs and error texts.
@@ -386,7 +390,13 @@ impl Process {
     }
 
     /// Waits (bounded, interruptible) until `fd` is readable; errors if the child exits or the server stops.
-    fn wait_for(shared: &Shared, child: &mut Child, fd: i32, deadline: Instant, what: &str) -> Result<(), String> {
+    fn wait_for(
+        shared: &Shared,
+        child: &mut Child,
+        fd: BorrowedFd<'_>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), String> {
         loop {
             shared.wake.clear();
             if shared.stopping() {
@@ -422,7 +432,7 @@ impl Process {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("accept failed: {e}")),
             }
-            Self::wait_for(shared, child, listener.as_raw_fd(), deadline, "connected")?;
+            Self::wait_for(shared, child, listener.as_fd(), deadline, "connected")?;
         };
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         let setup = Frame::Setup {
@@ -431,7 +441,7 @@ impl Process {
         let wire = ipc::encode(&setup, &mut Vec::new()).map_err(|e| e.to_string())?;
         ipc::send_with_fds(&stream, &wire, &[to_worker.fd(), from_worker.fd()])
             .map_err(|e| format!("cannot send the setup: {e}"))?;
-        Self::wait_for(shared, child, stream.as_raw_fd(), deadline, "answered the setup")?;
+        Self::wait_for(shared, child, stream.as_fd(), deadline, "answered the setup")?;
         let body = ipc::read_frame(&stream)
             .map_err(|e| format!("cannot read its answer: {e}"))?
             .ok_or_else(|| "it closed the connection during the setup".to_string())?;
@@ -456,7 +466,7 @@ impl Process {
                     Flow::End(ended) => return ended,
                 }
             }
-            match ipc::wait_readable(&[self.stream.as_raw_fd(), shared.wake.fd()], -1) {
+            match ipc::wait_readable(&[self.stream.as_fd(), shared.wake.fd()], -1) {
                 // Idle, and the socket is readable: the worker died (EOF) or broke the protocol.
                 Ok(ready) if ready[0] => {
                     let how = match ipc::read_frame(&self.stream) {
@@ -519,7 +529,7 @@ impl Process {
             return Flow::End(Ended::Died(self.reap()));
         }
         loop {
-            let ready = match ipc::wait_readable(&[self.stream.as_raw_fd(), shared.wake.fd()], -1) {
+            let ready = match ipc::wait_readable(&[self.stream.as_fd(), shared.wake.fd()], -1) {
                 Ok(ready) => ready,
                 Err(e) => {
                     let how = format!("could not be watched ({e}) and {}", self.kill());
@@ -603,15 +613,15 @@ impl Process {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        // SAFETY: plain syscall; the pid is our unreaped child, so it cannot have been reused.
-        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        // The pid is our unreaped child, so it cannot have been reused.
+        signal_child(self.pid, Signal::TERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
             // Wait for the socket to close (the process exiting) rather than spinning.
-            let _ = ipc::wait_readable(&[self.stream.as_raw_fd()], 20);
+            let _ = ipc::wait_readable(&[self.stream.as_fd()], 20);
         }
         tracing::warn!(
             "worker process {} ignored SIGTERM for {STOP_GRACE:?}; killing it",
