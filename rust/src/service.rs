@@ -73,6 +73,21 @@ pub struct Service {
 /// Decrements the in-flight count even when the request future is dropped (client went away).
 struct InFlight<'a>(&'a AtomicUsize);
 
+/// Where a v2 model name leads: a loaded servable version and one of its methods.
+pub struct Route {
+    pub servable: Arc<ServableVersion>,
+    pub plan: Arc<MethodPlan>,
+}
+
+/// Why a v2 model name leads nowhere; the text names the model as the client wrote it.
+#[derive(Debug)]
+pub enum RouteError {
+    /// The servable is known but failed to load.
+    NotReady(String),
+    /// No such servable, version or method.
+    NotFound(String),
+}
+
 /// How and when a request arrived, for its record: the protocol, the ingress's decode time, and when it reached the
 /// service.
 struct Arrival {
@@ -190,6 +205,56 @@ impl Service {
                 ))
             })
         })
+    }
+
+    /// Resolves a KServe v2 model name and version (0 = newest): `{servable}.{method}`, or `{servable}` alone
+    /// when the servable has exactly one method (servable names hold no dots: they are Python package names).
+    pub fn route_v2(&self, model: &str, version: u64) -> Result<Route, RouteError> {
+        let (servable_name, method) = match model.split_once('.') {
+            Some((servable, method)) => (servable, Some(method)),
+            None => (model, None),
+        };
+        let Some(servable) = self.registry.get(servable_name, version) else {
+            if let Some(reason) = self.registry.failure(servable_name) {
+                // Known but not serving: the load error tells the caller why, instead of "unknown".
+                return Err(RouteError::NotReady(format!(
+                    "model '{model}' is not ready: servable '{servable_name}' failed to load: {reason}"
+                )));
+            }
+            return Err(RouteError::NotFound(
+                if version > 0 && self.registry.get(servable_name, 0).is_some() {
+                    format!("version {version} of model '{model}' is not loaded")
+                } else {
+                    format!("unknown model '{model}'")
+                },
+            ));
+        };
+        let plan = match method {
+            Some(method) => servable.methods.get(method).cloned().ok_or_else(|| {
+                RouteError::NotFound(format!(
+                    "unknown model '{model}': servable '{servable_name}' has no method '{method}' (its methods: {})",
+                    servable.method_names().join(", ")
+                ))
+            })?,
+            None if servable.methods.len() != 1 => {
+                let names: Vec<String> = servable
+                    .method_names()
+                    .iter()
+                    .map(|m| format!("{servable_name}.{m}"))
+                    .collect();
+                return Err(RouteError::NotFound(format!(
+                    "unknown model '{model}': servable '{servable_name}' has several methods, address one of {}",
+                    names.join(", ")
+                )));
+            }
+            None => servable
+                .methods
+                .values()
+                .next()
+                .cloned()
+                .ok_or_else(|| RouteError::NotFound(format!("unknown model '{model}'")))?,
+        };
+        Ok(Route { servable, plan })
     }
 
     /// Answers one predict request (recorded with protocol `Other`).

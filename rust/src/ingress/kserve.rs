@@ -20,7 +20,7 @@ use crate::metrics::{MethodStats, Protocol, RequestRecord};
 use crate::pipeline::MethodPlan;
 use crate::request::PredictReply;
 use crate::servable::ServableVersion;
-use crate::service::Service;
+use crate::service::{Route, RouteError, Service};
 use crate::spec::{Source, StageKind};
 use crate::tensor::{NamedInstance, Tensor};
 use std::sync::Arc;
@@ -113,58 +113,18 @@ pub fn parse_version(model: &str, version: &str) -> Result<u64, V2Error> {
     }
 }
 
-/// Finds the servable version and method a v2 model name and version address.
+/// Finds the servable version and method a v2 model name and version address (the service resolves the name).
 pub fn resolve(service: &Service, model: &str, version: &str) -> Result<Resolved, V2Error> {
     let number = parse_version(model, version)?;
-    let (servable_name, method) = match model.split_once('.') {
-        Some((servable, method)) => (servable, Some(method)),
-        None => (model, None),
-    };
-    let Some(servable) = service.registry.get(servable_name, number) else {
-        if let Some(reason) = service.registry.failure(servable_name) {
-            // Known but not serving: 503 with the load error, so the caller learns why instead of "unknown".
-            return Err(V2Error::new(
-                Status::Unavailable,
-                format!("model '{model}' is not ready: servable '{servable_name}' failed to load: {reason}"),
-            ));
-        }
-        return Err(if number > 0 && service.registry.get(servable_name, 0).is_some() {
-            V2Error::not_found(format!("version {number} of model '{model}' is not loaded"))
-        } else {
-            V2Error::not_found(format!("unknown model '{model}'"))
-        });
-    };
-    let plan = if let Some(method) = method {
-        servable.methods.get(method).cloned().ok_or_else(|| {
-            V2Error::not_found(format!(
-                "unknown model '{model}': servable '{servable_name}' has no method '{method}' (its methods: {})",
-                servable.method_names().join(", ")
-            ))
-        })?
-    } else {
-        if servable.methods.len() != 1 {
-            let names: Vec<String> = servable
-                .method_names()
-                .iter()
-                .map(|m| format!("{servable_name}.{m}"))
-                .collect();
-            return Err(V2Error::not_found(format!(
-                "unknown model '{model}': servable '{servable_name}' has several methods, address one of {}",
-                names.join(", ")
-            )));
-        }
-        servable
-            .methods
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| V2Error::not_found(format!("unknown model '{model}'")))?
-    };
-    Ok(Resolved {
-        name: model.to_owned(),
-        servable,
-        plan,
-    })
+    match service.route_v2(model, number) {
+        Ok(Route { servable, plan }) => Ok(Resolved {
+            name: model.to_owned(),
+            servable,
+            plan,
+        }),
+        Err(RouteError::NotReady(text)) => Err(V2Error::new(Status::Unavailable, text)),
+        Err(RouteError::NotFound(text)) => Err(V2Error::not_found(text)),
+    }
 }
 
 /// The v2 `max_batch_size` of a method: the smallest batch size of its models when every model stage batches, 0
