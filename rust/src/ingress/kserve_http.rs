@@ -228,8 +228,8 @@ async fn infer_v(
 
 /// Reads a body up to the size limit (413 beyond it).
 async fn read_body(state: &V2State, headers: &HeaderMap, body: Body) -> Result<Bytes, V2Error> {
-    let size_hint = super::http::declared_length(headers);
-    super::http::read_body(body, size_hint, state.max_bytes)
+    let size_hint = super::body::declared_length(headers);
+    super::body::read_body(body, size_hint, state.max_bytes)
         .await
         .ok_or_else(|| {
             V2Error::new(
@@ -267,14 +267,14 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
             return error(&err);
         }
     };
-    let _held = match super::http::take_body_bytes(&state.service, headers, state.max_bytes) {
+    let _held = match super::body::take_body_bytes(&state.service, headers, state.max_bytes) {
         Ok(held) => held,
         Err(text) => return error(&V2Error::new(Status::TooMany, text)),
     };
     let decoded = async {
         let length = header_length(headers)?;
         let bytes = read_body(state, headers, body).await?;
-        let decoded = super::http::decode_off_io(bytes.len(), move || kserve_json::decode_request(&bytes, length));
+        let decoded = super::body::decode_off_io(bytes.len(), move || kserve_json::decode_request(&bytes, length));
         decoded.await.map_err(|e| V2Error::bad(format!("model '{model}': {e}")))
     }
     .await;

@@ -1,6 +1,7 @@
 //! Protocol front doors. Each only decodes the wire into core types, calls `Service::predict`, and encodes
 //! the answer; no routing or scheduling lives here.
 
+pub mod body;
 pub mod budget;
 pub mod grpc;
 pub mod http;
