@@ -64,13 +64,6 @@ def _native() -> ModuleType:
     return importlib.import_module("rustserve._rustserve")
 
 
-def _as_runtime_error(exc: Exception, prefix: str = "") -> RuntimeError:
-    """MindSpore raises RuntimeError everywhere; scripts catch it. Keeps the native exception as the cause."""
-    error = RuntimeError(prefix + str(exc))
-    error.__cause__ = exc
-    return error
-
-
 class SSLConfig:
     """Server TLS settings for `start_grpc_server` / `start_restful_server` (MindSpore-compatible signature).
 
@@ -534,8 +527,14 @@ def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
             if any(model["device_type"] == "gpu" for spec in specs for model in spec["models"]):
                 _ort.preload_cuda_libraries()
         _get_server().add_servables(list(specs))
+    except RuntimeError as exc:
+        # Native errors (RustServeError and its subclasses) and the loader's keep their class.
+        if error_prefix:
+            raise type(exc)(error_prefix + str(exc)) from exc
+        raise
     except Exception as exc:
-        raise _as_runtime_error(exc, error_prefix) from exc
+        # Anything else (a malformed spec dict) becomes the RuntimeError MindSpore Serving scripts catch.
+        raise RuntimeError(error_prefix + str(exc)) from exc
     _keep_serving()
 
 
@@ -756,10 +755,7 @@ def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLC
                 f"Serving Error: Serving gRPC server does not support unix domain socket address '{address}' yet"
             )
         _check_address(address, "Serving gRPC")
-        try:
-            _get_server().start_grpc(address, max_msg_mb_size, tls)
-        except Exception as exc:
-            raise _as_runtime_error(exc) from exc
+        _get_server().start_grpc(address, max_msg_mb_size, tls)
         _state.grpc_address = address
     print(f"Serving: Serving gRPC server start success, listening on {address}", flush=True)
     _keep_serving()
@@ -790,10 +786,7 @@ def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: S
         if address.startswith("unix:"):
             raise RuntimeError("Serving Error: RESTful server does not support binding to unix domain socket")
         _check_address(address, "RESTful server")
-        try:
-            _get_server().start_rest(address, max_msg_mb_size, tls)
-        except Exception as exc:
-            raise _as_runtime_error(exc) from exc
+        _get_server().start_rest(address, max_msg_mb_size, tls)
         _state.rest_address = address
     print(f"Serving: Serving RESTful server start success, listening on {address}", flush=True)
     _keep_serving()

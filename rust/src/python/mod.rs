@@ -11,7 +11,10 @@ pub mod spec;
 pub mod stages;
 pub mod worker_loop;
 
+use crate::error::ServeError;
 use pyo3::create_exception;
+use pyo3::marker::Ungil;
+use pyo3::prelude::*;
 
 // NOTE: a RuntimeError subclass, because MindSpore Serving scripts catch RuntimeError around the start calls.
 create_exception!(
@@ -38,3 +41,43 @@ create_exception!(
     RustServeError,
     "Model.call from a Python stage failed."
 );
+
+/// Every native error leaves for Python through here, its class picked by its cause: a servable or a setting refused
+/// at start-up (`Config`) raises `ServableStartError`; everything else raises `RustServeError`. Each is a
+/// `RuntimeError`, as MindSpore Serving scripts expect. Boundaries whose callers expect one class whatever the cause
+/// wrap the error first (`ServerStart`).
+impl From<ServeError> for PyErr {
+    fn from(err: ServeError) -> PyErr {
+        match err {
+            ServeError::Config(text) => ServableStartError::new_err(text),
+            other => RustServeError::new_err(other.to_string()),
+        }
+    }
+}
+
+/// An error of creating the server or starting one of its listeners: raises `ServerStartError` whatever the cause (a
+/// bad address and a certificate that does not load are `Config`, like a servable that fails to load).
+pub struct ServerStart(pub ServeError);
+
+impl From<ServerStart> for PyErr {
+    fn from(err: ServerStart) -> PyErr {
+        ServerStartError::new_err(err.0.to_string())
+    }
+}
+
+impl From<std::io::Error> for ServerStart {
+    fn from(err: std::io::Error) -> ServerStart {
+        ServerStart(ServeError::Internal(err.to_string()))
+    }
+}
+
+/// Runs `f` with the GIL released and raises its error as the exception its type maps to: the one way out of a
+/// blocking native call (see polars' `enter_polars`).
+pub fn detached<T, E>(py: Python<'_>, f: impl FnOnce() -> Result<T, E> + Ungil + Send) -> PyResult<T>
+where
+    T: Ungil + Send,
+    E: Ungil + Send,
+    PyErr: From<E>,
+{
+    py.detach(f).map_err(PyErr::from)
+}

@@ -3,7 +3,7 @@
 
 use super::gil_thread::GilThread;
 use super::spec::WorkerSettings;
-use super::{ServableStartError, ServerStartError, spec};
+use super::{ServerStart, detached, spec};
 use crate::dispatch::Dispatcher;
 use crate::error::ServeError;
 use crate::ingress::tls::TlsFiles;
@@ -60,15 +60,12 @@ fn positive_limit(what: &str, limit: usize) -> PyResult<usize> {
     Ok(limit)
 }
 
-fn start_error(err: ServeError) -> PyErr {
-    ServerStartError::new_err(err.message().to_string())
-}
-
 impl PyServer {
     /// A start call on a stopped server (its runtime is gone) fails instead of binding a listener nobody serves.
     fn refuse_when_stopped(&self) -> PyResult<()> {
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServerStartError::new_err("Serving Error: the server has been stopped"));
+            let stopped = ServeError::Unavailable("Serving Error: the server has been stopped".into());
+            return Err(ServerStart(stopped).into());
         }
         Ok(())
     }
@@ -79,8 +76,8 @@ impl PyServer {
     #[new]
     #[pyo3(signature = (worker_threads = 0))]
     fn new(worker_threads: usize) -> PyResult<Self> {
-        let runtime = ServerRuntime::new(worker_threads).map_err(|e| ServerStartError::new_err(e.to_string()))?;
-        let executor = Arc::new(GilThread::spawn().map_err(|e| ServerStartError::new_err(e.to_string()))?);
+        let runtime = ServerRuntime::new(worker_threads).map_err(ServerStart::from)?;
+        let executor = Arc::new(GilThread::spawn().map_err(ServerStart::from)?);
         let dispatcher = Arc::new(Dispatcher::new(executor.clone()));
         let service = Arc::new(Service::new(dispatcher.clone(), DEFAULT_MAX_ENQUEUED_REQUESTS));
         Ok(PyServer {
@@ -96,21 +93,17 @@ impl PyServer {
     /// Loads and validates servable versions described by spec dicts (see rustserve.server._spec); all or none.
     fn add_servables(&self, py: Python<'_>, specs: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
         if self.stopped.load(Ordering::Acquire) {
-            return Err(ServableStartError::new_err("the server has been stopped"));
+            return Err(ServeError::Config("the server has been stopped".into()).into());
         }
         let (specs, plans) = specs_and_worker_plans(py, &specs, &self.executor)?;
         for s in &specs {
             if self.service.registry.contains(&s.name, s.version) {
-                return Err(ServableStartError::new_err(format!(
-                    "servable '{}' version {} is already loaded",
-                    s.name, s.version
-                )));
+                let loaded = format!("servable '{}' version {} is already loaded", s.name, s.version);
+                return Err(ServeError::Config(loaded).into());
             }
         }
         let executor = self.executor.clone();
-        let loaded = py
-            .detach(move || load_versions(specs, &executor))
-            .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
+        let loaded = detached(py, move || load_versions(specs, &executor))?;
         // Each worker joins the server's list as soon as it is spawned, so a stop that comes while it starts stops it
         // at once (its start then fails) instead of waiting for it to come up.
         // NOTE: `stop` sets `stopped` before it takes the workers, so checking under the lock leaves no gap.
@@ -126,7 +119,7 @@ impl PyServer {
             // They are stopped already; forget them.
             let mut running = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
             running.retain(|worker| !worker.is_stopping());
-            return Err(ServableStartError::new_err(err));
+            return Err(err.into());
         }
         for servable in loaded {
             tracing::info!(
@@ -148,11 +141,11 @@ impl PyServer {
         self.refuse_when_stopped()?;
         let service = self.service.clone();
         let tls = tls.map(tls_files);
-        py.detach(|| {
+        detached(py, || {
             self.runtime
                 .start_grpc(service, address, max_msg_mb_size * MB, tls.as_ref())
+                .map_err(ServerStart)
         })
-        .map_err(start_error)
     }
 
     /// Starts the REST server on `address` (ip:port); returns the bound port. `tls` as for `start_grpc`.
@@ -161,11 +154,11 @@ impl PyServer {
         self.refuse_when_stopped()?;
         let service = self.service.clone();
         let tls = tls.map(tls_files);
-        py.detach(|| {
+        detached(py, || {
             self.runtime
                 .start_rest(service, address, max_msg_mb_size * MB, tls.as_ref())
+                .map_err(ServerStart)
         })
-        .map_err(start_error)
     }
 
     /// Records that servable `name` failed to load (`rustserve start` keeps the others serving): readiness answers
@@ -355,9 +348,8 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
         // The same interpreter as the server, so the worker imports the same packages.
         let python: String = py.import("sys")?.getattr("executable")?.extract()?;
         if python.is_empty() {
-            return Err(ServableStartError::new_err(
-                "cannot start Python worker processes: sys.executable is empty in this interpreter",
-            ));
+            let empty = "cannot start Python worker processes: sys.executable is empty in this interpreter";
+            return Err(ServeError::Config(empty.into()).into());
         }
         let log_level = tracing::level_filters::LevelFilter::current().to_string();
         plans.push(WorkerPlan {
@@ -377,13 +369,13 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
     Ok(plans)
 }
 
-/// Starts every planned worker process in parallel and waits until all are ready; all or none. `track` sees each
-/// worker once spawned; when it answers false (the server is stopping), the start fails.
+/// Starts every planned worker process in parallel and waits until all are ready; all or none (a failure is `Config`).
+/// `track` sees each worker once spawned; when it answers false (the server is stopping), the start fails.
 fn start_workers(
     dispatcher: &Dispatcher,
     plans: Vec<WorkerPlan>,
     track: &dyn Fn(&Arc<WorkerHandle>) -> bool,
-) -> Result<Vec<Arc<WorkerHandle>>, String> {
+) -> Result<Vec<Arc<WorkerHandle>>, ServeError> {
     let mut handles = Vec::new();
     let mut waits = Vec::new();
     let mut error = None;
@@ -428,7 +420,7 @@ fn start_workers(
     }
     if let Some(error) = error {
         stop_workers(&handles);
-        return Err(error);
+        return Err(ServeError::Config(error));
     }
     Ok(handles)
 }
@@ -557,7 +549,7 @@ impl Repository for PyRepository {
                 let mut versions = load_versions(specs, &executor)?;
                 // The workers live as long as their version: a reload or an unload stops them once the replaced
                 // version's last request has ended.
-                for worker in start_workers(&dispatcher, plans, &|_| true).map_err(ServeError::Config)? {
+                for worker in start_workers(&dispatcher, plans, &|_| true)? {
                     let number = worker.version();
                     let worker = VersionWorker(worker);
                     match versions.iter_mut().find(|v| v.version == number) {
@@ -577,17 +569,14 @@ impl Repository for PyRepository {
 #[pyfunction]
 pub fn init_onnxruntime(py: Python<'_>, library_path: &str) -> PyResult<()> {
     let path = std::path::PathBuf::from(library_path);
-    py.detach(move || crate::model::init_onnxruntime(&path))
-        .map_err(|e| ServableStartError::new_err(e.message().to_string()))
+    detached(py, move || crate::model::init_onnxruntime(&path))
 }
 
 /// Reads a model's inputs and outputs: {"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}.
 #[pyfunction]
 pub fn onnx_signature<'py>(py: Python<'py>, model_path: &str) -> PyResult<Bound<'py, PyDict>> {
     let path = std::path::PathBuf::from(model_path);
-    let signature = py
-        .detach(move || crate::model::read_signature(&path))
-        .map_err(|e| ServableStartError::new_err(e.message().to_string()))?;
+    let signature = detached(py, move || crate::model::read_signature(&path))?;
     let describe = |infos: &[crate::batching::IoInfo]| -> PyResult<Vec<Bound<'py, PyDict>>> {
         infos
             .iter()

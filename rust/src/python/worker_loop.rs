@@ -3,6 +3,7 @@
 //! `workers::ipc`, runs them with the same conventions as the GIL thread (`stages::run`), and sends its `Model.call`
 //! requests back to the server, whose batchers run the models.
 
+use super::detached;
 use super::stages::{self, RemoteModels};
 use crate::error::ServeError;
 use crate::pipeline::{FunctionCall, ModelSet};
@@ -144,14 +145,15 @@ pub fn run_worker(
     // Die with the server even in the middle of a stage: the kernel sends SIGKILL when the thread that spawned
     // us (the server's supervisor thread) ends. SAFETY: prctl with plain integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    let fail = |e: String| super::RustServeError::new_err(format!("rustserve worker: {e}"));
+    let failure = |e: String| ServeError::Internal(format!("rustserve worker: {e}"));
+    let fail = |e: String| PyErr::from(failure(e));
     let path = Path::new(socket_path).to_path_buf();
-    let stream = py
-        .detach(move || UnixStream::connect(path))
-        .map_err(|e| fail(format!("cannot connect to '{socket_path}': {e}")))?;
-    let (body, mut fds) = py
-        .detach(|| ipc::recv_with_fds(&stream))
-        .map_err(|e| fail(format!("no setup from the server: {e}")))?;
+    let stream = detached(py, move || {
+        UnixStream::connect(path).map_err(|e| failure(format!("cannot connect to '{socket_path}': {e}")))
+    })?;
+    let (body, mut fds) = detached(py, || {
+        ipc::recv_with_fds(&stream).map_err(|e| failure(format!("no setup from the server: {e}")))
+    })?;
     let Some(body) = body else { return Ok(false) };
     let Frame::Setup { functions: wanted } = ipc::decode(&body, &mut Vec::new()).map_err(fail)? else {
         return Err(fail("the server's first frame is not Setup".into()));
