@@ -128,6 +128,51 @@ def test_python_stage_time_busy_time_and_queue_depth(server: ServerProcess, rest
     assert value(after, "rustserve_requests_in_flight_requests") >= 0
 
 
+DOCUMENTED_TYPES = {
+    "rustserve_requests_total": "counter",
+    "rustserve_request_failures_total": "counter",
+    "rustserve_requests_rejected_total": "counter",
+    "rustserve_request_duration_seconds": "histogram",
+    "rustserve_stage_duration_seconds": "histogram",
+    "rustserve_request_size_instances": "histogram",
+    "rustserve_batch_size_instances": "histogram",
+    "rustserve_batch_queue_duration_seconds": "histogram",
+    "rustserve_batch_run_duration_seconds": "histogram",
+    "rustserve_queue_depth_instances": "gauge",
+    "rustserve_requests_in_flight_requests": "gauge",
+    "rustserve_python_busy_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_threads": "gauge",
+    "process_cpu_seconds_total": "counter",
+}
+
+
+def test_every_sample_has_its_help_and_type_lines(server: ServerProcess, rest: Rest) -> None:
+    """The Prometheus text format (0.0.4): HELP and TYPE lines name the family as its samples do (`_total`
+    included), come before its samples, and carry the documented types; no OpenMetrics `# EOF`."""
+    rest.predict("pipeline", "chain", [{"x": [1.0, 2.0, 3.0]}])
+    text = requests.get(f"{server.rest_base}/metrics", timeout=RPC_TIMEOUT_S).text
+    types: dict[str, str] = {}
+    helps: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps.add(line.split(" ", 3)[2])
+        elif line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name in helps, f"TYPE before HELP: {line}"
+            types[name] = kind
+        else:
+            assert not line.startswith("#"), line
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            family = name if name in types else name.rsplit("_", 1)[0]
+            assert family in types, f"a sample before its TYPE line: {line}"
+            if family != name:
+                assert types[family] == "histogram", line
+    assert {name: types.get(name) for name in DOCUMENTED_TYPES} == DOCUMENTED_TYPES
+
+
 def test_process_metrics_track_the_server_process(server: ServerProcess) -> None:
     """RSS, open fds (and their limit), threads and CPU seconds of the server process, under Prometheus' standard
     process-collector names, so a stage that leaks shows up."""

@@ -1,0 +1,169 @@
+//! What `/metrics` reads at scrape time instead of recording it: model queue depths, requests in flight, the Python
+//! executor's busy time, the call stuck on the server's Python thread, and the process's own resources. One
+//! prometheus-client `Collector`, built per scrape from what the service read.
+
+use super::busy::BusyClock;
+use super::families::ModelLabels;
+use crate::pipeline::StuckCall;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::sync::Arc;
+
+/// One live model queue's depth, read at scrape time.
+#[derive(Clone, Debug)]
+pub struct QueueDepth {
+    pub servable: String,
+    pub version: u64,
+    pub model: String,
+    pub subgraph: usize,
+    pub depth: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StuckLabels {
+    servable: String,
+    function: String,
+    method: String,
+}
+
+/// The scrape-time values of one scrape.
+#[derive(Debug)]
+pub(super) struct ScrapeTime {
+    pub queues: Vec<QueueDepth>,
+    pub in_flight: usize,
+    pub busy: Arc<BusyClock>,
+    pub stuck: Option<StuckCall>,
+}
+
+impl Collector for ScrapeTime {
+    // HELP texts are written as given here (the registry adds the full stop only to registered metrics); counter
+    // names leave out `_total`, which the encoder appends.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        {
+            let gauge = ConstGauge::new(0usize);
+            let mut family = encoder.encode_descriptor(
+                "rustserve_queue_depth_instances",
+                "Instances waiting in a model's batch queue.",
+                None,
+                gauge.metric_type(),
+            )?;
+            for q in &self.queues {
+                let labels = ModelLabels {
+                    servable: q.servable.clone(),
+                    version: q.version,
+                    model: q.model.clone(),
+                    subgraph: q.subgraph,
+                };
+                ConstGauge::new(q.depth).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        single(
+            &mut encoder,
+            "rustserve_requests_in_flight_requests",
+            "Requests being answered now.",
+            &ConstGauge::new(self.in_flight),
+        )?;
+        single(
+            &mut encoder,
+            "rustserve_python_busy_seconds",
+            "Wall time during which the Python stage executor had work.",
+            &ConstCounter::new(self.busy.total().as_secs_f64()),
+        )?;
+        if let Some(stuck) = &self.stuck {
+            let gauge = ConstGauge::new(stuck.running_for.as_secs_f64());
+            let mut family = encoder.encode_descriptor(
+                "rustserve_python_stuck_call_seconds",
+                "How long the call stuck on the server's Python thread (past the request timeout) has run; absent \
+                 when none.",
+                None,
+                gauge.metric_type(),
+            )?;
+            let labels = StuckLabels {
+                servable: stuck.servable.clone(),
+                function: stuck.function.clone(),
+                method: stuck.method.clone(),
+            };
+            gauge.encode(family.encode_family(&labels)?)?;
+        }
+        if let Some(process) = ProcessSample::read() {
+            process.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// A family of one unlabelled sample.
+fn single(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: &impl EncodeMetric) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// The server process's own resources under the names of Prometheus' process collector, so a stage that leaks
+/// memory, file descriptors or threads shows up (Linux `/proc`; nothing where it is missing).
+struct ProcessSample {
+    rss_bytes: u64,
+    open_fds: usize,
+    max_fds: u64,
+    threads: u64,
+    cpu_seconds: f64,
+}
+
+impl ProcessSample {
+    #[allow(clippy::cast_precision_loss)] // CPU ticks and the tick rate are far below 2^52
+    fn read() -> Option<ProcessSample> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        // SAFETY: sysconf only reads a configuration value; it has no preconditions.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let max_fds = limits
+            .lines()
+            .find(|line| line.starts_with("Max open files"))
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|soft| soft.parse().ok())
+            .unwrap_or(0);
+        Some(ProcessSample {
+            rss_bytes: field(24)? * u64::try_from(page).ok()?,
+            open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count),
+            max_fds,
+            threads: field(20)?,
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks.max(1) as f64,
+        })
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        single(
+            encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            &ConstGauge::new(self.rss_bytes),
+        )?;
+        single(
+            encoder,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            &ConstGauge::new(self.open_fds),
+        )?;
+        single(
+            encoder,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            &ConstGauge::new(self.max_fds),
+        )?;
+        single(
+            encoder,
+            "process_threads",
+            "Number of OS threads in the process.",
+            &ConstGauge::new(self.threads),
+        )?;
+        single(
+            encoder,
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            &ConstCounter::new(self.cpu_seconds),
+        )
+    }
+}
