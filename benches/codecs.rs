@@ -1,7 +1,8 @@
-//! Codec hot paths: MindSpore proto decode/encode (wire bytes <-> core types) and MindSpore JSON decode/encode.
+//! Codec hot paths: MindSpore proto decode/encode (wire bytes <-> core types), MindSpore JSON decode/encode and
+//! KServe v2 JSON decode.
 //! Run with `make bench`; numbers are for comparing revisions on the same machine, not targets.
 
-use _rustserve::codec::{ms_json, ms_proto};
+use _rustserve::codec::{kserve_json, ms_json, ms_proto};
 use _rustserve::proto::ms;
 use _rustserve::request::PredictReply;
 use _rustserve::tensor::Tensor;
@@ -68,9 +69,28 @@ fn bench_json(c: &mut Criterion) {
     });
     let answer = reply(1, 4);
     c.bench_function("ms_json encode 1x[4]f32", |b| {
-        b.iter(|| serde_json::to_vec(&ms_json::encode_reply(black_box(&answer))).expect("serialisable"));
+        b.iter(|| ms_json::encode_reply(black_box(&answer)));
+    });
+    let answer = reply(10_000, 4);
+    c.bench_function("ms_json encode 10000x[4]f32", |b| {
+        b.iter(|| ms_json::encode_reply(black_box(&answer)));
     });
 }
 
-criterion_group!(benches, bench_proto, bench_json);
+fn v2_body(floats: usize) -> Bytes {
+    let data = vec!["1.5"; floats].join(",");
+    let input = |name: &str| format!(r#"{{"name":"{name}","datatype":"FP32","shape":[{floats}],"data":[{data}]}}"#);
+    Bytes::from(format!(r#"{{"inputs":[{},{}]}}"#, input("x1"), input("x2")))
+}
+
+fn bench_kserve_json(c: &mut Criterion) {
+    for floats in [4, 100_000] {
+        let body = v2_body(floats);
+        c.bench_function(&format!("kserve_json decode 2x[{floats}]f32"), |b| {
+            b.iter(|| kserve_json::decode_request(black_box(&body), None).expect("valid request"));
+        });
+    }
+}
+
+criterion_group!(benches, bench_proto, bench_json, bench_kserve_json);
 criterion_main!(benches);

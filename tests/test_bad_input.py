@@ -856,6 +856,15 @@ def _rows() -> list[Row]:
         f"input 'x2': invalid shape {absurd} (the element count overflows)",
     )
 
+    huge = [2**40]  # no overflow, but reserving room for 2^40 elements up front would abort the server
+    add(
+        "huge dims, little data",
+        "v2_rest",
+        lambda w: w.v2_rest_add(shape=huge),
+        "http:400",
+        f"input 'x2': 'data' has 4 elements but shape {huge} needs {2**40}",
+    )
+
     empty_rows = [2**62, 0]  # no data at all, so only a cap stops 2^62 instances
     batch_text = f"the batch size (first dimension of every input) is {2**62}, more than the limit of"
     add(

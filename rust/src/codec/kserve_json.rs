@@ -141,7 +141,8 @@ fn decode_input(input: &Value, binary: &Bytes, offset: &mut usize) -> Result<Inf
 /// Builds a tensor from JSON `data`: a flat list in row-major order, or nested lists (any nesting is flattened).
 fn tensor_from_json(what: &str, dtype: DType, shape: Vec<i64>, data: &Value) -> Result<Tensor, String> {
     let count = count_of(what, &shape)?;
-    let mut flat = Vec::with_capacity(count);
+    // NOTE: the shape is the client's word; reserving `count` up front would let `[2**40]` abort the server.
+    let mut flat = Vec::new();
     flatten(data, &mut flat);
     if flat.len() != count {
         return Err(format!(
@@ -165,7 +166,7 @@ fn tensor_from_json(what: &str, dtype: DType, shape: Vec<i64>, data: &Value) -> 
             data: TensorData::Items(items),
         });
     }
-    let mut raw: Vec<u8> = Vec::with_capacity(count * dtype.item_size());
+    let mut raw: Vec<u8> = Vec::with_capacity(flat.len() * dtype.item_size());
     for (i, v) in flat.iter().enumerate() {
         let ok = match dtype {
             DType::Bool => v.as_bool().map(|b| raw.push(u8::from(b))),
@@ -561,6 +562,23 @@ mod tests {
             (
                 r#"{"inputs": [{"name": "a", "datatype": "FP64", "shape": [1], "data": ["x"]}]}"#,
                 "element 0 is \"x\"",
+            ),
+            (
+                r#"{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [{"b": 1}]}]}"#,
+                r#"element 0 is {"b":1}, which is not a valid FP32"#,
+            ),
+            (
+                r#"{"inputs": [{"name": "a", "datatype": "BOOL", "shape": [2], "data": [[true], null]}]}"#,
+                "element 1 is null, which is not a valid BOOL",
+            ),
+            // A shape far larger than the data reserves nothing on its word.
+            (
+                r#"{"inputs": [{"name": "a", "datatype": "FP64", "shape": [100000000000], "data": [1, "x"]}]}"#,
+                "'data' has 2 elements but shape [100000000000] needs 100000000000",
+            ),
+            (
+                r#"{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], "data": [1, 2"#,
+                "not valid JSON",
             ),
             (
                 r#"{"inputs": [{"name": "a", "datatype": "XX", "shape": [1], "data": [1]}]}"#,
