@@ -31,6 +31,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,53 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> 
 # ---------------------------------------------------------------------------------------------------------------
 # wire helpers
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class RawGrpc:
+    """One HTTP/2 connection speaking gRPC by hand (the h2 package), for what grpcio will not send: message headers
+    whose bodies never come, or a `grpc-timeout` that the client itself does not enforce."""
+
+    def __init__(self, port: int):
+        import h2.config
+        import h2.connection
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self._flush()
+
+    def _flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def open_call(
+        self, path: str, body: bytes, extra_headers: Sequence[tuple[str, str]] = (), end: bool = False
+    ) -> int:
+        """Opens a unary call on `path` and sends `body` (message headers included); `end` ends the request."""
+        stream = self.conn.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "127.0.0.1")]
+        headers += [("content-type", "application/grpc"), ("te", "trailers"), *extra_headers]
+        self.conn.send_headers(stream, headers)
+        self.conn.send_data(stream, body, end_stream=end)
+        self._flush()
+        return stream
+
+    def grpc_status(self, stream: int) -> tuple[int, str]:
+        """Waits for the call's grpc-status (trailers-only or trailers) and message."""
+        import h2.events
+
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in event.headers}
+                    found = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+                    if event.stream_id == stream and "grpc-status" in found:
+                        return int(found["grpc-status"]), urllib.parse.unquote(found.get("grpc-message", ""))
+            self._flush()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Grpc:

@@ -12,7 +12,6 @@ import os
 import resource
 import socket
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import models
 import numpy as np
 import pytest
 import requests
-from conftest import ADD_CONFIG, RPC_TIMEOUT_S, Grpc, ServerProcess, wait_for
+from conftest import ADD_CONFIG, RPC_TIMEOUT_S, Grpc, RawGrpc, ServerProcess, wait_for
 
 INVALID_INPUTS = 2
 LIMIT = 1000
@@ -155,50 +154,13 @@ def _cpu_seconds(pid: int) -> float:
 # --- message sizes and the in-flight budget ------------------------------------------------------------------------
 
 
-class RawGrpc:
-    """One HTTP/2 connection speaking gRPC by hand, to send message headers whose bodies never come."""
-
-    PATH = "/inference.GRPCInferenceService/ModelInfer"
-
-    def __init__(self, port: int):
-        import h2.config
-        import h2.connection
-
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.initiate_connection()
-        self._flush()
-
-    def _flush(self) -> None:
-        self.sock.sendall(self.conn.data_to_send())
+class RawV2Grpc(RawGrpc):
+    """v2 ModelInfer calls whose message header declares more bytes than are sent."""
 
     def start_call(self, declared: int, sent: int) -> int:
         """Opens a call whose message header declares `declared` bytes, and sends only `sent` of them."""
-        stream = self.conn.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", self.PATH), (":authority", "127.0.0.1")]
-        headers += [("content-type", "application/grpc"), ("te", "trailers")]
-        self.conn.send_headers(stream, headers)
-        self.conn.send_data(stream, b"\x00" + declared.to_bytes(4, "big") + b"\x00" * sent)
-        self._flush()
-        return stream
-
-    def grpc_status(self, stream: int) -> tuple[int, str]:
-        """Waits for the call's grpc-status (trailers-only or trailers) and message."""
-        import h2.events
-
-        while True:
-            data = self.sock.recv(65536)
-            assert data, "the server closed the connection"
-            for event in self.conn.receive_data(data):
-                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                    fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in event.headers}
-                    found = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
-                    if event.stream_id == stream and "grpc-status" in found:
-                        return int(found["grpc-status"]), urllib.parse.unquote(found.get("grpc-message", ""))
-            self._flush()
-
-    def close(self) -> None:
-        self.sock.close()
+        body = b"\x00" + declared.to_bytes(4, "big") + b"\x00" * sent
+        return self.open_call("/inference.GRPCInferenceService/ModelInfer", body)
 
 
 def _vm_size_kib(pid: int) -> int:
@@ -215,7 +177,7 @@ def test_declared_message_sizes_reserve_nothing_and_over_limit_ones_are_resource
     models.build_add(folder / "1" / "add.onnx")
     server = start_server(folder.parent)  # --max-msg-mb-size 100
     pid = server.proc.pid
-    clients = [RawGrpc(server.grpc_port) for _ in range(4)]
+    clients = [RawV2Grpc(server.grpc_port) for _ in range(4)]
     try:
         before = _vm_size_kib(pid)
         # 40 calls that each declare a message of almost 100 MB and send 3 KB of it.
@@ -249,7 +211,7 @@ def test_requests_past_the_in_flight_budget_are_refused_at_once(
         assert reply.status_code == 429, reply.text
         assert "would pass its in-flight limit of 1048576 bytes (--max-in-flight-mb)" in reply.json()[key]
     # gRPC: the same from the message header.
-    raw = RawGrpc(server.grpc_port)
+    raw = RawV2Grpc(server.grpc_port)
     try:
         code, message = raw.grpc_status(raw.start_call(2 << 20, 10))
         assert code == 8 and "--max-in-flight-mb" in message, (code, message)

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Grpc, ServerProcess, launch_server, write_servable
+from conftest import Grpc, RawGrpc, ServerProcess, launch_server, write_servable
 
 SLOW_CONFIG = '''
 """One Python stage: touch MARKS/<tag>, sleep when the tag starts with "slow", return the tag's length."""
@@ -115,6 +115,33 @@ def test_client_deadline_frees_its_queued_python_work(tmp_path: Path, pb2_module
         assert not ok.error_msg, ok
         # "fast" ran after the executor was free; the two abandoned calls queued before it never reached Python.
         assert sorted(p.name for p in marks.iterdir()) == ["fast", "slow-A"]
+        client.channel.close()
+    finally:
+        assert server.stop() == 0, server.describe()
+
+
+def test_the_server_answers_a_passed_deadline_with_deadline_exceeded(
+    tmp_path: Path, pb2_modules: tuple[Any, Any]
+) -> None:
+    # grpcio enforces its deadline itself, so a raw HTTP/2 call shows what the server answers: DEADLINE_EXCEEDED (as
+    # the gRPC spec says), not tonic's CANCELLED "Timeout expired", which raced grpcio's own answer.
+    server, marks = start(tmp_path, [], sleep=1.5)
+    try:
+        client = Grpc(*pb2_modules, server.grpc_address)
+        message = client.request("slow", "run", [{"tag": "slow-late"}]).SerializeToString()
+        raw = RawGrpc(server.grpc_port)
+        began = time.monotonic()
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        path = "/mindspore.serving.proto.MSService/Predict"
+        stream = raw.open_call(path, body, [("grpc-timeout", "300m")], end=True)
+        code, text = raw.grpc_status(stream)
+        elapsed = time.monotonic() - began
+        assert (code, text) == (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded"), (code, text)
+        # Not a performance bound: the stage sleeps 1.5 s, so an answer before that came from the deadline.
+        assert elapsed < 1.4, f"the deadline was answered after {elapsed:.2f} s"
+        raw.close()
+        wait_for(marks / "slow-late")  # the call had reached Python before its deadline passed
+        assert not reply_of(client, "after").error_msg
         client.channel.close()
     finally:
         assert server.stop() == 0, server.describe()

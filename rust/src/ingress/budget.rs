@@ -7,7 +7,9 @@
 //! declared length over the message limit with RESOURCE_EXHAUSTED (tonic itself would answer OUT_OF_RANGE, after
 //! reserving that many bytes before they arrived), takes the message's bytes from the budget, and hands tonic the
 //! body only once it is complete, so memory grows with the bytes received and never with what a client declares.
+//! It also ends a call at the client's deadline with DEADLINE_EXCEEDED (see `grpc_deadline`).
 
+use super::grpc_deadline;
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use std::convert::Infallible;
@@ -132,7 +134,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let budget = self.budget.clone();
         let limit = self.max_message_bytes;
-        Box::pin(async move {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| grpc_deadline::guard_limit(value.as_bytes()));
+        let call = async move {
             let (parts, body) = request.into_parts();
             let (body, taken) = match buffer_message(body, limit, &budget).await {
                 Ok(buffered) => buffered,
@@ -141,6 +147,15 @@ where
             let response = inner.call(http::Request::from_parts(parts, body)).await;
             drop(taken); // the decoded request now lives in the handler's own types; the bytes are released
             response
+        };
+        let Some(deadline) = deadline else {
+            return Box::pin(call);
+        };
+        // Dropping the call on expiry drops its work, as a client that goes away does.
+        Box::pin(async move {
+            tokio::time::timeout(deadline, call)
+                .await
+                .unwrap_or_else(|_| Ok(tonic::Status::deadline_exceeded("Deadline Exceeded").into_http()))
         })
     }
 }

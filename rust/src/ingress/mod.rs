@@ -4,6 +4,7 @@
 pub mod body;
 pub mod budget;
 pub mod grpc;
+pub mod grpc_deadline;
 pub mod http;
 pub mod kserve;
 pub mod kserve_grpc;
