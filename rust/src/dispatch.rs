@@ -14,7 +14,8 @@
 
 use crate::error::ServeError;
 use crate::log_text::log_text;
-use crate::pipeline::{FunctionCall, PythonStages, StuckCall};
+use crate::metrics::StuckCall;
+use crate::pipeline::{FunctionCall, PythonStages};
 use crate::request::InstanceResult;
 use crate::service::DEFAULT_REQUEST_TIMEOUT;
 use crate::spec::FunctionId;

@@ -13,10 +13,10 @@ mod scrape;
 mod statistics;
 
 pub use busy::{BusyClock, BusyGuard};
-pub use scrape::QueueDepth;
+pub use scrape::{QueueDepth, StuckCall};
 pub use statistics::{BatchStat, DurationStat, MethodSnapshot};
 
-use crate::pipeline::StuckCall;
+use crate::batching::{BatchObserver, BatchRun};
 use families::{Families, MethodLabels, ModelLabels, ModelSeries, ProtocolSeries};
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
@@ -147,24 +147,6 @@ impl MethodStats {
     pub fn snapshot(&self) -> MethodSnapshot {
         self.statistics.snapshot()
     }
-}
-
-/// What a model's batch thread reports after each run (see `BatchObserver`).
-#[derive(Clone, Copy, Debug)]
-pub struct BatchRun {
-    /// Instances in the batch (without padding rows).
-    pub instances: usize,
-    /// How long the oldest instance of the batch waited in the queue.
-    pub queue_wait: Duration,
-    /// The model run itself (stacking, ONNX Runtime, splitting).
-    pub run: Duration,
-    pub ok: bool,
-}
-
-/// Receives one call per batch a model queue runs. Implemented by `ModelStats`; a batching queue that holds one
-/// calls it from its batch thread (cheap: a few atomic adds and histogram locks).
-pub trait BatchObserver: Send + Sync {
-    fn batch_done(&self, run: &BatchRun);
 }
 
 /// Batch metrics of one model file (subgraph) of one servable version.

@@ -7,8 +7,8 @@
 //! loads and unloads servables at run time.
 
 use crate::error::ServeError;
-use crate::metrics::{BusyClock, MethodStats, Metrics, Protocol, QueueDepth, RequestRecord};
-use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, StuckCall, run_method};
+use crate::metrics::{BusyClock, MethodStats, Metrics, Protocol, QueueDepth, RequestRecord, StuckCall};
+use crate::pipeline::{FunctionCall, MethodPlan, PythonStages, run_method};
 use crate::request::{InstanceResult, MethodRef, PredictReply, PredictRequest};
 use crate::servable::ServableVersion;
 use crate::servable::registry::Registry;

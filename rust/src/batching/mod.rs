@@ -23,7 +23,6 @@ pub use self::plan::{BatchMode, BatchPlan, CheckedInstance, DEFAULT_MAX_BATCH_SI
 use self::policy::Decision;
 use crate::error::ServeError;
 use crate::log_text::log_text;
-use crate::metrics::{BatchObserver, BatchRun};
 use crate::tensor::{DType, Tensor};
 
 /// How a model is batched (MindSpore's `declare_model(with_batch_dim=..., without_batch_dim_inputs=...)`, plus
@@ -68,6 +67,24 @@ pub struct IoInfo {
 pub struct ModelSignature {
     pub inputs: Vec<IoInfo>,
     pub outputs: Vec<IoInfo>,
+}
+
+/// What a model's batch thread reports after each run (see `BatchObserver`).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchRun {
+    /// Instances in the batch (without padding rows).
+    pub instances: usize,
+    /// How long the oldest instance of the batch waited in the queue.
+    pub queue_wait: Duration,
+    /// The model run itself (stacking, ONNX Runtime, splitting).
+    pub run: Duration,
+    pub ok: bool,
+}
+
+/// Receives one call per batch a model queue runs. Implemented by `metrics::ModelStats`; a batching queue that
+/// holds one calls it from its batch thread (cheap: a few atomic adds and histogram locks).
+pub trait BatchObserver: Send + Sync {
+    fn batch_done(&self, run: &BatchRun);
 }
 
 /// Runs one full batch: inputs in model input order, outputs in model output order. `model::OrtRunner` implements

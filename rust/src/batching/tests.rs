@@ -834,10 +834,10 @@ fn default_intra_op_threads_share_the_cores() {
 }
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<crate::metrics::BatchRun>>);
+struct Recorder(Mutex<Vec<BatchRun>>);
 
-impl crate::metrics::BatchObserver for Recorder {
-    fn batch_done(&self, run: &crate::metrics::BatchRun) {
+impl BatchObserver for Recorder {
+    fn batch_done(&self, run: &BatchRun) {
         self.0.lock().unwrap().push(*run);
     }
 }

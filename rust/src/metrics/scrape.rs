@@ -4,12 +4,35 @@
 
 use super::busy::BusyClock;
 use super::families::ModelLabels;
-use crate::pipeline::StuckCall;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::Arc;
+
+/// A Python stage call that has run on the server's own Python thread for longer than the request timeout. Nothing
+/// can interrupt it there, so the server reports it (readiness, metrics, log) until it returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StuckCall {
+    pub servable: String,
+    /// `<servable>.<function name>`.
+    pub function: String,
+    pub method: String,
+    pub running_for: std::time::Duration,
+}
+
+impl StuckCall {
+    /// The client- and probe-facing text.
+    pub fn describe(&self) -> String {
+        format!(
+            "the server's Python thread has been running {} (method '{}') for {:.0} s, past the request timeout; \
+             Python stages on it wait until it returns",
+            self.function,
+            self.method,
+            self.running_for.as_secs_f64()
+        )
+    }
+}
 
 /// One live model queue's depth, read at scrape time.
 #[derive(Clone, Debug)]

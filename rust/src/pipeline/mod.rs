@@ -5,6 +5,7 @@
 
 use crate::batching::ModelQueue;
 use crate::error::ServeError;
+use crate::metrics::StuckCall;
 use crate::request::InstanceResult;
 use crate::spec::{FunctionId, MethodSpec, Source, StageKind};
 use crate::tensor::Tensor;
@@ -98,30 +99,6 @@ pub struct FunctionCall {
     pub instances: Vec<Vec<Tensor>>,
     /// Models of the calling servable, for `Model.call` inside the stage.
     pub models: Arc<ModelSet>,
-}
-
-/// A Python stage call that has run on the server's own Python thread for longer than the request timeout. Nothing
-/// can interrupt it there, so the server reports it (readiness, metrics, log) until it returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StuckCall {
-    pub servable: String,
-    /// `<servable>.<function name>`.
-    pub function: String,
-    pub method: String,
-    pub running_for: std::time::Duration,
-}
-
-impl StuckCall {
-    /// The client- and probe-facing text.
-    pub fn describe(&self) -> String {
-        format!(
-            "the server's Python thread has been running {} (method '{}') for {:.0} s, past the request timeout; \
-             Python stages on it wait until it returns",
-            self.function,
-            self.method,
-            self.running_for.as_secs_f64()
-        )
-    }
 }
 
 /// Runs Python stage functions; implemented by the GIL-thread executor (and by fakes in tests).
