@@ -6,6 +6,7 @@ ONNX), and the start functions run against a fake `rustserve._rustserve`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
@@ -552,6 +553,7 @@ def fake_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Installs a fake `rustserve._rustserve`; yields the library paths passed to init_onnxruntime."""
     inits: list[str] = []
     module = types.ModuleType("rustserve._rustserve")
+    module.DEFAULTS = importlib.import_module("rustserve._rustserve").DEFAULTS  # type: ignore[attr-defined]
     module.Server = FakeServer  # type: ignore[attr-defined]
     module.init_onnxruntime = inits.append  # type: ignore[attr-defined]
     module.init_logging = lambda level="info": None  # type: ignore[attr-defined]
@@ -562,7 +564,8 @@ def fake_native(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         yield inits
     finally:
         server.stop()
-        assert server._state.keeper is None or not server._state.keeper.is_alive() or server._state.stopped.is_set()
+        state = server._current
+        assert state._keeper is None or not state._keeper.is_alive() or state._stopped.is_set()
         assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
 
 
@@ -581,7 +584,7 @@ def test_start_and_stop(add_dir: Path, fake_native: list[str], capsys: pytest.Ca
         "Serving: Serving gRPC server start success, listening on 127.0.0.1:5500\n"
         "Serving: Serving RESTful server start success, listening on 0.0.0.0:1500\n"
     )
-    keeper = server._state.keeper
+    keeper = server._current._keeper
     assert keeper is not None and keeper.is_alive() and not keeper.daemon
     assert signal.getsignal(signal.SIGTERM) is server._on_signal
     with _raises("Serving Error: Serving gRPC server is already running"):
@@ -768,6 +771,8 @@ def test_python_m_rustserve_version() -> None:
 FAKE_NATIVE_PRELUDE = """
 import sys, types
 
+import rustserve._rustserve as native
+
 class Server:
     def __init__(self, worker_threads=0):
         pass
@@ -797,6 +802,7 @@ class Server:
         print("native stop", flush=True)
 
 fake = types.ModuleType("rustserve._rustserve")
+fake.DEFAULTS = native.DEFAULTS
 fake.Server = Server
 fake.init_onnxruntime = lambda path: None
 fake.init_logging = lambda level="info": None

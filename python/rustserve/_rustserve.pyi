@@ -1,9 +1,10 @@
 """Type stubs for the native extension `rustserve._rustserve` (built from rust/src by maturin)."""
 
 from collections.abc import Callable, Sequence
-from typing import Any, final
+from typing import Any, Final, TypedDict, final
 
 __all__ = [
+    "DEFAULTS",
     "ModelCallError",
     "RustServeError",
     "ServableStartError",
@@ -18,6 +19,22 @@ __all__ = [
 ]
 
 __version__: str
+
+class _Defaults(TypedDict):
+    grpc_address: str
+    rest_address: str
+    max_msg_mb_size: int
+    request_timeout_s: float
+    drain_timeout_s: float
+    max_enqueued_requests: int
+    max_queued_instances: int
+    max_queued_python_calls: int
+    max_in_flight_mb: int
+    max_connections: int
+    connection_idle_timeout_s: float
+
+DEFAULTS: Final[_Defaults]
+"""The server's defaults (addresses, limits, timeouts), as the native modules that apply them define them."""
 
 class RustServeError(RuntimeError):
     """Base class of every error raised by rustserve's native core."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
 import json
 import os
 import sys
@@ -25,12 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rustserve.server import Server
     from rustserve.server._spec import ServableSpec
 
 __all__ = ["main", "parse_assignment"]
 
-_DEFAULT_GRPC = "127.0.0.1:5500"
-_DEFAULT_REST = "127.0.0.1:1500"
 _REPOSITORY_KEY_ENV = "RUSTSERVE_REPOSITORY_API_KEY"
 _ADDRESS_ENV = "RUSTSERVE_GRPC_ADDRESS"  # where `infer` (and the example clients) find the server by default
 _LOG_LEVEL_HELP = "log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it"
@@ -52,7 +52,15 @@ def _device_ids(text: str) -> list[int]:
     return ids
 
 
+def _native() -> Any:
+    """The native extension, imported on first use."""
+    return importlib.import_module("rustserve._rustserve")
+
+
 def _parser() -> argparse.ArgumentParser:
+    # The defaults are the native server's own (one definition, in rust/src/python/server.rs).
+    defaults = _native().DEFAULTS
+    grpc_address, rest_address = defaults["grpc_address"], defaults["rest_address"]
     parser = argparse.ArgumentParser(prog="rustserve", description="MindSpore-Serving-compatible model server.")
     parser.add_argument("--version", action="version", version=f"rustserve {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -67,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--servable", action="append", metavar="NAME", help="serve only this servable (repeatable; default: all)"
     )
-    start.add_argument("--grpc", default=_DEFAULT_GRPC, metavar="ADDR", help=f"gRPC address (default {_DEFAULT_GRPC})")
-    start.add_argument("--rest", default=_DEFAULT_REST, metavar="ADDR", help=f"REST address (default {_DEFAULT_REST})")
+    start.add_argument("--grpc", default=grpc_address, metavar="ADDR", help=f"gRPC address (default {grpc_address})")
+    start.add_argument("--rest", default=rest_address, metavar="ADDR", help=f"REST address (default {rest_address})")
     start.add_argument("--no-grpc", action="store_true", help="do not start the gRPC server")
     start.add_argument("--no-rest", action="store_true", help="do not start the REST server")
     start.add_argument(
@@ -107,7 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-level", default="info", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default info)")
     start.add_argument(
-        "--max-msg-mb-size", type=int, default=100, metavar="MB", help="largest message in MB (default 100)"
+        "--max-msg-mb-size",
+        type=int,
+        default=defaults["max_msg_mb_size"],
+        metavar="MB",
+        help=f"largest message in MB (default {defaults['max_msg_mb_size']})",
     )
     start.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve gRPC and REST over TLS")
     start.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
@@ -118,52 +130,58 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--request-timeout-s",
         type=float,
-        default=300.0,
+        default=defaults["request_timeout_s"],
         metavar="S",
-        help="a request still running after S seconds fails and its queued work is dropped (default 300)",
+        help="a request still running after S seconds fails and its queued work is dropped "
+        f"(default {defaults['request_timeout_s']:g})",
     )
     start.add_argument(
         "--max-enqueued-requests",
         type=int,
-        default=10000,
+        default=defaults["max_enqueued_requests"],
         metavar="N",
-        help="requests in flight; further ones fail at once (default 10000, MindSpore's set_max_enqueued_requests)",
+        help=f"requests in flight; further ones fail at once (default {defaults['max_enqueued_requests']}, "
+        "MindSpore's set_max_enqueued_requests)",
     )
     start.add_argument(
         "--max-queued-instances",
         type=int,
-        default=10000,
+        default=defaults["max_queued_instances"],
         metavar="N",
-        help="per model: while N instances wait for a batch, requests needing it fail at once (default 10000)",
+        help="per model: while N instances wait for a batch, requests needing it fail at once "
+        f"(default {defaults['max_queued_instances']})",
     )
     start.add_argument(
         "--max-queued-python-calls",
         type=int,
-        default=10000,
+        default=defaults["max_queued_python_calls"],
         metavar="N",
-        help="Python stage calls that may wait for an executor; further ones fail at once (default 10000)",
+        help="Python stage calls that may wait for an executor; further ones fail at once "
+        f"(default {defaults['max_queued_python_calls']})",
     )
     start.add_argument(
         "--max-in-flight-mb",
         type=int,
-        default=1024,
+        default=defaults["max_in_flight_mb"],
         metavar="MB",
         help="request bodies held at once over every listener; a request past it is refused at once with 429 / "
-        "RESOURCE_EXHAUSTED (default 1024)",
+        f"RESOURCE_EXHAUSTED (default {defaults['max_in_flight_mb']})",
     )
     start.add_argument(
         "--max-connections",
         type=int,
-        default=10000,
+        default=defaults["max_connections"],
         metavar="N",
-        help="open connections per listener; further ones wait in the kernel's backlog (default 10000)",
+        help=f"open connections per listener; further ones wait in the kernel's backlog "
+        f"(default {defaults['max_connections']})",
     )
     start.add_argument(
         "--connection-idle-timeout-s",
         type=float,
-        default=10.0,
+        default=defaults["connection_idle_timeout_s"],
         metavar="S",
-        help="a connection that sends nothing (no HTTP/2 preface, no request) within S seconds is closed (default 10)",
+        help="a connection that sends nothing (no HTTP/2 preface, no request) within S seconds is closed "
+        f"(default {defaults['connection_idle_timeout_s']:g})",
     )
     start.add_argument(
         "--model-control-mode",
@@ -182,9 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--drain-timeout-s",
         type=float,
-        default=10.0,
+        default=defaults["drain_timeout_s"],
         metavar="S",
-        help="on SIGTERM/SIGINT, how long requests in flight may finish before the server stops (default 10)",
+        help="on SIGTERM/SIGINT, how long requests in flight may finish before the server stops "
+        f"(default {defaults['drain_timeout_s']:g})",
     )
 
     infer = commands.add_parser(
@@ -201,9 +220,9 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--version", type=int, default=0, metavar="N", help="servable version (default 0 = newest)")
     infer.add_argument(
         "--address",
-        default=os.environ.get(_ADDRESS_ENV, _DEFAULT_GRPC),
+        default=os.environ.get(_ADDRESS_ENV, grpc_address),
         metavar="ADDR",
-        help=f"the server's gRPC address (default ${_ADDRESS_ENV} or {_DEFAULT_GRPC})",
+        help=f"the server's gRPC address (default ${_ADDRESS_ENV} or {grpc_address})",
     )
     infer.add_argument("inputs", nargs="*", metavar="NAME=VALUE", help="method inputs")
 
@@ -241,7 +260,7 @@ def _method_line(method: Mapping[str, Any]) -> str:
     return f"{method['name']}({', '.join(method['inputs'])}) -> {', '.join(method['output_names'])}"
 
 
-def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[str]) -> list[ServableSpec]:
+def _load_servables(srv: Server, args: argparse.Namespace, directory: str, names: Sequence[str]) -> list[ServableSpec]:
     """Loads each servable on its own, so one that fails does not stop the others (unless `--strict`).
 
     A failure is printed to stderr with the servable, the file and the cause, and recorded in the native server:
@@ -249,6 +268,7 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
     error.
 
     Args:
+        srv: The server to load them into.
         args: The parsed `start` arguments.
         directory: The absolute servable directory.
         names: The servables to load.
@@ -259,15 +279,11 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
     Raises:
         RuntimeError: With `--strict`, the first failure; without it, only when no servable loaded at all.
     """
-    from rustserve import server
-    from rustserve.server import _loader
-
-    loader = _loader.ServableLoader()
     specs: list[ServableSpec] = []
     failures: list[str] = []
     for name in names:
         try:
-            versions = loader.load_all_versions(
+            versions = srv.add_servable(
                 directory,
                 name,
                 device_type=args.device_type,
@@ -275,13 +291,12 @@ def _load_servables(args: argparse.Namespace, directory: str, names: Sequence[st
                 num_parallel_workers=args.num_parallel_workers,
                 python_in_process=args.python_in_process,
             )
-            server._add_specs(versions)
         except Exception as exc:
             if args.strict or len(names) == 1:
                 raise
             failures.append(name)
             # The index shows the reason to clients: without the directory's absolute path (stderr keeps it).
-            server._get_server().set_load_failure(name, server._hide_directory(str(exc), directory))
+            srv.set_load_failure(directory, name, exc)
             print(f"rustserve: error: servable '{name}' not served: {exc}", file=sys.stderr, flush=True)
             continue
         specs.extend(versions)
@@ -320,14 +335,14 @@ def _print_start_report(
 
 def _start(args: argparse.Namespace) -> int:
     from rustserve import server
-    from rustserve.server import _loader
 
     directory = os.path.abspath(args.dir)
     started = time.monotonic()
+    srv = server.Server()
     try:
-        server._serve_in_foreground()
-        server._native().init_logging(args.log_level)
-        names = args.servable or _loader.discover_servables(directory)
+        srv.serve_in_foreground()
+        srv.set_log_level(args.log_level)
+        names = args.servable or srv.servable_names(directory)
         if not names:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
         if not 0 <= args.num_parallel_workers <= 64:
@@ -341,7 +356,7 @@ def _start(args: argparse.Namespace) -> int:
         )
         if api_key == "":
             raise RuntimeError(f"--repository-api-key (or ${_REPOSITORY_KEY_ENV}) must not be empty")
-        server._set_io_threads(args.io_threads)
+        srv.set_io_threads(args.io_threads)
         ssl_config = None
         if args.tls_cert or args.tls_key or args.tls_ca or args.tls_verify_client:
             if not (args.tls_cert and args.tls_key):
@@ -349,17 +364,17 @@ def _start(args: argparse.Namespace) -> int:
             if args.tls_verify_client and not args.tls_ca:
                 raise RuntimeError("--tls-verify-client needs --tls-ca (the roots client certificates chain to)")
             ssl_config = server.SSLConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify_client)
-        server.set_request_timeout(args.request_timeout_s)
-        server.set_drain_timeout(args.drain_timeout_s)
-        server.set_max_enqueued_requests(args.max_enqueued_requests)
-        server.set_max_queued_instances(args.max_queued_instances)
-        server.set_max_queued_python_calls(args.max_queued_python_calls)
-        server.set_connection_limits(args.max_connections, args.connection_idle_timeout_s)
-        server.set_max_in_flight_mb(args.max_in_flight_mb)
-        specs = _load_servables(args, directory, names)
+        srv.set_request_timeout(args.request_timeout_s)
+        srv.set_drain_timeout(args.drain_timeout_s)
+        srv.set_max_enqueued_requests(args.max_enqueued_requests)
+        srv.set_max_queued_instances(args.max_queued_instances)
+        srv.set_max_queued_python_calls(args.max_queued_python_calls)
+        srv.set_connection_limits(args.max_connections, args.connection_idle_timeout_s)
+        srv.set_max_in_flight_mb(args.max_in_flight_mb)
+        specs = _load_servables(srv, args, directory, names)
         if args.model_control_mode == "explicit":
             # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.
-            server._set_repository(
+            srv.enable_repository(
                 directory,
                 args.device_type,
                 args.device_ids,
@@ -370,13 +385,13 @@ def _start(args: argparse.Namespace) -> int:
             )
         listeners = []
         if not args.no_grpc:
-            server.start_grpc_server(args.grpc, args.max_msg_mb_size, ssl_config)
+            srv.start_grpc_server(args.grpc, args.max_msg_mb_size, ssl_config)
             listeners.append(f"gRPC {args.grpc}")
         if not args.no_rest:
-            server.start_restful_server(args.rest, args.max_msg_mb_size, ssl_config)
+            srv.start_restful_server(args.rest, args.max_msg_mb_size, ssl_config)
             listeners.append(f"REST {args.rest}")
     except Exception as exc:
-        server.stop()
+        srv.stop()
         print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
         return 1
 
@@ -384,11 +399,7 @@ def _start(args: argparse.Namespace) -> int:
     # Only the report needed the specs; they hold the start-up stage functions, which a repository reload must be
     # able to free.
     del specs
-    try:
-        server._wait_for_stop()
-    finally:
-        server.stop()
-    return server._stop_status()
+    return srv.serve()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -604,9 +615,9 @@ def _model_line(model: dict[str, Any]) -> str:
 
 
 def _servable_names(args: argparse.Namespace, directory: str) -> list[str]:
-    from rustserve.server import _loader
+    from rustserve.server import Server
 
-    names = args.servable or _loader.discover_servables(directory)
+    names = args.servable or Server.servable_names(directory)
     if not names:
         raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
     return names
@@ -614,7 +625,7 @@ def _servable_names(args: argparse.Namespace, directory: str) -> list[str]:
 
 def _init_native(log_level: str) -> Any:
     """The native module with logging and ONNX Runtime initialised."""
-    from rustserve.server import _native, _ort
+    from rustserve.server import _ort
 
     native = _native()
     native.init_logging(log_level)

@@ -29,6 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULTS", python::server::defaults(py)?)?;
     m.add_class::<python::server::PyServer>()?;
     m.add_function(wrap_pyfunction!(python::server::init_onnxruntime, m)?)?;
     m.add_function(wrap_pyfunction!(python::server::onnx_signature, m)?)?;

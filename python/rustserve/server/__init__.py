@@ -1,9 +1,10 @@
 """rustserve's server API, compatible with `mindspore_serving.server`.
 
 `start_servables` loads servables (importing their servable_config.py), `start_grpc_server` and
-`start_restful_server` open the listeners, `stop` shuts everything down. One process-wide native server is created
-on first use. As in MindSpore Serving, a script that started serving and returns keeps serving until SIGINT or
-SIGTERM (or `stop()`).
+`start_restful_server` open the listeners, `stop` shuts everything down. These module functions drive one default
+`Server`, which owns the native server (created on first use), the loader, the listeners, the signal handlers and
+the thread that keeps the process alive; `rustserve start` builds a `Server` of its own. As in MindSpore Serving, a
+script that started serving and returns keeps serving until SIGINT or SIGTERM (or `stop()`).
 
 Example:
     >>> from rustserve import server
@@ -19,6 +20,7 @@ import contextlib
 import faulthandler
 import functools
 import importlib
+import inspect
 import logging
 import math
 import os
@@ -26,19 +28,20 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, ModuleType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from rustserve.server import register
-from rustserve.server._loader import DeviceType, ServableLoader, newest_version_number
+from rustserve.server._loader import DeviceType, ServableLoader, discover_servables, newest_version_number
 from rustserve.server._spec import ServableSpec
 from rustserve.server.register import _check_and_as_int_tuple_list, _check_bool, _check_int, _check_str
 
 __all__ = [
     "SSLConfig",
     "ServableStartConfig",
+    "Server",
     "register",
     "set_connection_limits",
     "set_drain_timeout",
@@ -293,251 +296,6 @@ def _merge_configs(configs: Sequence[ServableStartConfig]) -> list[_Deployment]:
     return list(deployments.values())
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Process-wide server state and lifetime.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class _State:
-    """The one native server of this process and what keeps the process alive while it serves."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.server: Any = None
-        self.loader: ServableLoader | None = None
-        self.grpc_address: str | None = None
-        self.rest_address: str | None = None
-        self.stopped = threading.Event()  # set once a stop has finished
-        self.stop_running = False  # a stop is under way (on the keeper thread or another caller's)
-        self.keeper: threading.Thread | None = None
-        # The signal handler wakes the keeper through this pipe: a write needs no lock the interrupted code may hold.
-        self.wake: tuple[int, int] | None = None
-        self.previous_handlers: dict[int, Any] = {}
-        self.io_threads = 0  # 0: the native default (RUSTSERVE_IO_THREADS, else half the cores)
-        self.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
-        self.stop_signal: int | None = None  # the SIGINT/SIGTERM that asked this process to stop: no restart after it
-        self.abandoned = False  # the last stop gave up on requests still in flight
-        self.foreground = False  # the main thread only serves (the CLI): a signal just stops, it never raises
-        self.atexit_registered = False
-
-
-DEFAULT_DRAIN_TIMEOUT_S = 10.0
-# A stop that a signal started ends the process within the drain timeout plus this, whatever hangs.
-STOP_GRACE_S = 4.5
-# The exit status of a stop that had to abandon requests or calls in flight (see docs/10-operations.md).
-EXIT_ABANDONED = 3
-_state = _State()
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _get_server() -> Any:
-    with _state.lock:
-        if _state.stop_signal is not None:
-            name = signal.Signals(_state.stop_signal).name
-            raise RuntimeError(f"Serving Error: the server is stopping ({name} received), it cannot start again")
-        if _state.server is None:
-            native = _native()
-            native.init_logging("warn")  # a no-op when the CLI already chose a level
-            _state.server = native.Server(_state.io_threads)
-            _state.drain_timeout_s = DEFAULT_DRAIN_TIMEOUT_S
-            _state.abandoned = False
-        return _state.server
-
-
-def _set_io_threads(count: int) -> None:
-    """I/O threads of the native server, which must not exist yet (the CLI's --io-threads)."""
-    with _state.lock:
-        if _state.server is not None:
-            raise RuntimeError("the I/O thread count must be set before the server starts")
-        _state.io_threads = count
-
-
-def _get_loader() -> ServableLoader:
-    with _state.lock:
-        if _state.loader is None:
-            _state.loader = ServableLoader()
-        return _state.loader
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-def _wake_keeper() -> None:
-    """Wakes the keeper thread; safe inside a signal handler (one non-blocking write, no lock)."""
-    if _state.wake is not None:
-        try:
-            os.write(_state.wake[1], b"!")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: the keeper has a wake-up pending anyway
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    # NOTE: the handler only asks the keeper thread to stop. Stopping here, on the interrupted main thread, could wait
-    # for a lock that the interrupted code holds (an import, a print, the logging lock, ours) and never return.
-    if _state.stop_signal is None:
-        _state.stop_signal = signum
-    _wake_keeper()
-    if _state.foreground or not threading.main_thread().is_alive():
-        return  # `rustserve start`, or a script that returned: stopping is all there is to do
-    # The main thread still runs user code: give the signal its usual effect there too.
-    previous = _state.previous_handlers.get(signum)
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_DFL:
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-
-def _log_exit_signal(signum: int) -> None:
-    _logger.warning("Serving server begin to exit: receive exit signal %s", signal.Signals(signum).name)
-
-
-def _install_signal_handlers() -> None:
-    if not _in_main_thread() or _state.previous_handlers:
-        return
-    for signum in _SIGNALS:
-        _state.previous_handlers[signum] = signal.signal(signum, _on_signal)
-
-
-def _restore_signal_handlers() -> None:
-    if not _in_main_thread():
-        return
-    for signum, handler in _state.previous_handlers.items():
-        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-    _state.previous_handlers.clear()
-
-
-def _keep(stopped: threading.Event) -> None:
-    """The keeper thread: keeps the process alive until `stopped`, and runs the stop a signal asks for."""
-    assert _state.wake is not None
-    while not stopped.is_set():
-        os.read(_state.wake[0], 512)
-        if _state.stop_signal is not None and not stopped.is_set():
-            _log_exit_signal(_state.stop_signal)
-            _stop_within_deadline()
-
-
-def _stop_within_deadline() -> None:
-    """`stop()`, but past the drain timeout + STOP_GRACE_S the process exits with EXIT_ABANDONED, whatever hangs.
-
-    For `rustserve start` the deadline covers the whole exit, not just the stop: a main thread still inside a start-up
-    step (waiting for a worker process to come up, say) cannot hold the process either. A script's own code after
-    its KeyboardInterrupt is its business, so there the deadline ends with the stop.
-    """
-    limit_s = _state.drain_timeout_s + STOP_GRACE_S
-    timer = threading.Timer(limit_s, _abandon, args=(limit_s,))
-    timer.daemon = True
-    timer.name = "rustserve-stop-deadline"
-    timer.start()
-    try:
-        stop()
-    finally:
-        if not _state.foreground:
-            timer.cancel()
-
-
-def _abandon(limit_s: float) -> None:
-    """The stop took too long (a stage that never returns, say): tell where every thread is, then exit."""
-    _logger.error(
-        "the stop did not finish within %.1f s (drain timeout %.1f s + %.1f s): exiting with status %d, abandoning "
-        "the calls still running; thread stacks follow",
-        limit_s,
-        _state.drain_timeout_s,
-        STOP_GRACE_S,
-        EXIT_ABANDONED,
-    )
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(EXIT_ABANDONED)
-
-
-def _start_keeper() -> None:
-    """Starts the keeper thread (non-daemon) unless it runs; call with `_state.lock` held."""
-    if _state.keeper is not None and _state.keeper.is_alive():
-        return
-    if _state.stopped.is_set():
-        _state.stopped = threading.Event()
-    _state.keeper = threading.Thread(target=_keep, args=(_state.stopped,), name="rustserve-serving", daemon=False)
-    _state.keeper.start()
-
-
-def _keep_serving() -> None:
-    """After any start call: a non-daemon thread keeps the process alive until `stop()`, as in MindSpore."""
-    with _state.lock:
-        if _state.wake is None:
-            read_end, write_end = os.pipe()
-            os.set_blocking(write_end, False)
-            _state.wake = (read_end, write_end)
-        # NOTE: handlers first, keeper second. A signal before the handlers has its default effect (the process
-        # ends: nothing keeps it); one after them reaches the keeper through the pipe, even before it reads.
-        _install_signal_handlers()
-        _start_keeper()
-        if not _state.atexit_registered:
-            atexit.register(stop)
-            _state.atexit_registered = True
-
-
-def _serve_in_foreground() -> None:
-    """Marks the main thread as a pure server (`rustserve start`): SIGINT/SIGTERM then only stop the server, from the
-    first moment of start-up on (a stop asked for during start-up makes the remaining start calls fail)."""
-    _state.foreground = True
-    _keep_serving()
-
-
-def _wait_for_stop() -> None:
-    """Blocks the calling (main) thread until a stop has finished (`stop()`, or SIGINT/SIGTERM via the keeper)."""
-    with _state.lock:
-        stopped = _state.stopped
-        _install_signal_handlers()
-    while not stopped.wait(1.0):
-        pass
-
-
-def _stop_status() -> int:
-    """The exit status the last stop deserves: 0, or EXIT_ABANDONED when it gave up on requests in flight."""
-    return EXIT_ABANDONED if _state.abandoned else 0
-
-
-def _stop_on_except(func: Callable[_P, _R]) -> Callable[_P, _R]:
-    """MindSpore semantics: a failing start call stops the whole server before raising."""
-
-    @functools.wraps(func)
-    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return func(*args, **kwargs)
-        except BaseException:
-            stop()
-            raise
-
-    return wrapper
-
-
-def _add_specs(specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
-    """Hands loaded specs to the native server (initialising ONNX Runtime first when a model is declared)."""
-    native = _native()
-    try:
-        if any(spec["models"] for spec in specs):
-            from rustserve.server import _ort
-
-            native.init_onnxruntime(_ort.find_onnxruntime_library())
-            if any(model["device_type"] == "gpu" for spec in specs for model in spec["models"]):
-                _ort.preload_cuda_libraries()
-        _get_server().add_servables(list(specs))
-    except RuntimeError as exc:
-        # Native errors (RustServeError and its subclasses) and the loader's keep their class.
-        if error_prefix:
-            raise type(exc)(error_prefix + str(exc)) from exc
-        raise
-    except Exception as exc:
-        # Anything else (a malformed spec dict) becomes the RuntimeError MindSpore Serving scripts catch.
-        raise RuntimeError(error_prefix + str(exc)) from exc
-    _keep_serving()
-
-
 def _hide_directory(text: str, directory: str) -> str:
     """`text` with the absolute servable directory left out: errors that clients see name servables and files only."""
     return text.replace(directory + os.sep, "").replace(directory, "<servable directory>")
@@ -622,82 +380,6 @@ class _Repository:
         return specs
 
 
-def _set_repository(
-    directory: str,
-    device_type: DeviceType = "cpu",
-    device_ids: Sequence[int] = (),
-    num_parallel_workers: int = 0,
-    servables: Sequence[str] | None = None,
-    api_key: str | None = None,
-    python_in_process: bool = True,
-) -> None:
-    """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
-    load, reload and unload the servables of `directory` while the server runs (`--model-control-mode explicit`);
-    without this call, load and unload are refused.
-
-    Args:
-        directory: The servable directory.
-        device_type: Where the models of loaded servables run.
-        device_ids: CUDA devices for "gpu".
-        num_parallel_workers: Python stage executors per loaded servable version (n > 1: n worker processes).
-        servables: The only servables that may be loaded; None: every servable of the directory.
-        api_key: When given, load and unload need `authorization: Bearer <api_key>`.
-        python_in_process: With one executor, run the stages on the server's Python thread (or a worker process).
-    """
-    repository = _Repository(directory, device_type, device_ids, num_parallel_workers, servables, python_in_process)
-    _get_server().set_repository(repository, api_key)
-
-
-@_stop_on_except
-def start_servables(servable_configs: ServableStartConfig | Sequence[ServableStartConfig]) -> None:
-    """Loads one or more servables into the server (importing each servable_config.py once).
-
-    Configs that name the same servable and version are merged (device ids united). After this call the process
-    keeps serving until SIGINT/SIGTERM or `stop()`, even when the calling script returns.
-
-    Args:
-        servable_configs: One `ServableStartConfig` or a list/tuple of them.
-
-    Raises:
-        RuntimeError: Invalid configs, or a servable failed to load (`Fail to start workers: <cause>`, e.g.
-            `import <name>.servable_config failed, ...`). The server is stopped first.
-
-    Example:
-        >>> server.start_servables([server.ServableStartConfig("servables", "add")])
-    """
-    if isinstance(servable_configs, ServableStartConfig):
-        servable_configs = (servable_configs,)
-    if not isinstance(servable_configs, (tuple, list)):
-        raise RuntimeError(
-            f"Parameter 'servable_configs' should be ServableStartConfig, list or tuple of ServableStartConfig, "
-            f"but actually {type(servable_configs)}"
-        )
-    for config in servable_configs:
-        if not isinstance(config, ServableStartConfig):
-            raise RuntimeError(
-                f"The item of parameter 'servable_configs' should be ServableStartConfig, but actually {type(config)}"
-            )
-    deployments = _merge_configs(servable_configs)
-    loader = _get_loader()
-    specs: list[ServableSpec] = []
-    try:
-        for deployment in deployments:
-            specs.extend(
-                loader.load(
-                    deployment.directory,
-                    deployment.name,
-                    deployment.version,
-                    device_type=deployment.device_type,
-                    device_ids=sorted(deployment.device_ids),
-                    num_parallel_workers=deployment.num_parallel_workers,
-                    python_in_process=deployment.python_in_process,
-                )
-            )
-    except RuntimeError as exc:
-        raise RuntimeError(f"Fail to start workers: {exc}") from exc
-    _add_specs(specs, "Fail to start workers: ")
-
-
 _PORT_RE = re.compile(r"\s*[+-]?\d+")
 
 
@@ -726,72 +408,6 @@ def _check_ssl_config(ssl_config: SSLConfig | None) -> tuple[str, str, str | Non
     return (ssl_config.certificate, ssl_config.private_key, ssl_config.custom_ca, ssl_config.verify_client)
 
 
-@_stop_on_except
-def start_grpc_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None) -> None:
-    """Starts the MindSpore Serving gRPC service (`MSService`).
-
-    Args:
-        address: `ip:port`; `unix:<path>` is not supported yet.
-        max_msg_mb_size: Largest message in MB, in [1,512], for receiving and sending.
-        ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
-
-    Raises:
-        RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key (MindSpore's
-            texts). The server is stopped first.
-
-    Example:
-        >>> server.start_grpc_server("127.0.0.1:5500")
-    """
-    _check_str("address", address)
-    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
-    tls = _check_ssl_config(ssl_config)
-    with _state.lock:
-        if _state.grpc_address is not None:
-            raise RuntimeError("Serving Error: Serving gRPC server is already running")
-        if address.startswith("unix:"):
-            if len(address) == len("unix:"):
-                raise RuntimeError("Serving Error: Empty grpc server unix domain socket address")
-            raise RuntimeError(
-                f"Serving Error: Serving gRPC server does not support unix domain socket address '{address}' yet"
-            )
-        _check_address(address, "Serving gRPC")
-        _get_server().start_grpc(address, max_msg_mb_size, tls)
-        _state.grpc_address = address
-    print(f"Serving: Serving gRPC server start success, listening on {address}", flush=True)
-    _keep_serving()
-
-
-@_stop_on_except
-def start_restful_server(address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None) -> None:
-    """Starts the MindSpore Serving RESTful service (`POST /model/<servable>[/version/<n>]:<method>`).
-
-    Args:
-        address: `ip:port`.
-        max_msg_mb_size: Largest request body in MB, in [1,512].
-        ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
-
-    Raises:
-        RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key (MindSpore's
-            texts). The server is stopped first.
-
-    Example:
-        >>> server.start_restful_server("127.0.0.1:1500")
-    """
-    _check_str("address", address)
-    _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
-    tls = _check_ssl_config(ssl_config)
-    with _state.lock:
-        if _state.rest_address is not None:
-            raise RuntimeError("Serving Error: RESTful server is already running")
-        if address.startswith("unix:"):
-            raise RuntimeError("Serving Error: RESTful server does not support binding to unix domain socket")
-        _check_address(address, "RESTful server")
-        _get_server().start_rest(address, max_msg_mb_size, tls)
-        _state.rest_address = address
-    print(f"Serving: Serving RESTful server start success, listening on {address}", flush=True)
-    _keep_serving()
-
-
 def _check_seconds(name: str, seconds: float, allow_zero: bool) -> float:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise RuntimeError(f"Parameter '{name}' should be int or float, but actually {type(seconds)}")
@@ -801,165 +417,705 @@ def _check_seconds(name: str, seconds: float, allow_zero: bool) -> float:
     return float(seconds)
 
 
-def set_request_timeout(seconds: float) -> None:
-    """Sets how long one request may take, queueing included (default 300 s; applies to requests that start later).
+# ---------------------------------------------------------------------------------------------------------------
+# The server and its lifetime.
+# ---------------------------------------------------------------------------------------------------------------
 
-    A request past it fails (MindSpore protocols: error_code 4 in-band; v2: UNAVAILABLE / 503) and the work still
-    queued for it is dropped, as when the client disconnects.
-
-    Args:
-        seconds: The timeout, > 0.
-
-    Raises:
-        RuntimeError: `seconds` is not a positive finite number.
-
-    Example:
-        >>> server.set_request_timeout(30)
-    """
-    _get_server().set_request_timeout(_check_seconds("seconds", seconds, allow_zero=False))
+# A stop that a signal started ends the process within the drain timeout plus this, whatever hangs.
+STOP_GRACE_S = 4.5
+# The exit status of a stop that had to abandon requests or calls in flight (see docs/10-operations.md).
+EXIT_ABANDONED = 3
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def set_drain_timeout(seconds: float) -> None:
-    """Sets how long `stop` (and SIGTERM / SIGINT) lets requests in flight finish before stopping (default 10 s).
-
-    Args:
-        seconds: The timeout, >= 0 (0: stop without waiting).
-
-    Raises:
-        RuntimeError: `seconds` is not a finite number >= 0.
-
-    Example:
-        >>> server.set_drain_timeout(30)
-    """
-    seconds = _check_seconds("seconds", seconds, allow_zero=True)
-    _get_server().set_drain_timeout(seconds)
-    _state.drain_timeout_s = seconds
+def _defaults() -> Mapping[str, Any]:
+    """The native server's defaults (`rustserve._rustserve.DEFAULTS`): ports, limits and timeouts are defined there."""
+    defaults: Mapping[str, Any] = _native().DEFAULTS
+    return defaults
 
 
-def set_connection_limits(max_connections: int = 10000, idle_timeout: float = 10.0) -> None:
-    """Sets, for the listeners started after this call, how many connections each keeps open at once (further ones
-    wait in the kernel's backlog) and how long a connection that has sent nothing (no HTTP/2 preface, no request)
-    stays open (defaults 10000 and 10 s).
-
-    Args:
-        max_connections: Open connections per listener, >= 1.
-        idle_timeout: Seconds a silent connection is kept after it was accepted, > 0.
-
-    Raises:
-        RuntimeError: A parameter is out of range.
-
-    Example:
-        >>> server.set_connection_limits(max_connections=1000, idle_timeout=5)
-    """
-    _check_int("max_connections", max_connections, 1)
-    _get_server().set_connection_limits(max_connections, _check_seconds("idle_timeout", idle_timeout, allow_zero=False))
+# Signal dispositions belong to the process: the Server that installed the handlers last gets the signals.
+_signal_owner: Server | None = None
 
 
-def set_max_in_flight_mb(limit: int) -> None:
-    """Bounds the request bodies the server holds at once, over every listener (default 1024 MB).
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """The SIGINT / SIGTERM handler while a server serves: passes the signal to the server that installed it."""
+    owner = _signal_owner
+    if owner is not None:
+        owner._on_signal(signum, frame)
 
-    A request whose body would pass the bound is refused at once, before its body is read: REST 429, gRPC
-    RESOURCE_EXHAUSTED (`Serving Error: the server is holding ... bytes of requests ...`). A REST body sent without a
-    Content-Length counts as the largest message allowed (`max_msg_mb_size`).
 
-    Args:
-        limit: Megabytes, >= 1.
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
-    Raises:
-        RuntimeError: `limit` is not an int >= 1.
+
+def _stop_on_except(
+    method: Callable[Concatenate[Server, _P], _R],
+) -> Callable[Concatenate[Server, _P], _R]:
+    """MindSpore semantics: a failing start call stops the whole server before raising."""
+
+    @functools.wraps(method)
+    def wrapper(self: Server, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self.stop()
+            raise
+
+    return wrapper
+
+
+class Server:
+    """One rustserve server: the native server, the servable loader, the listeners, the SIGINT / SIGTERM handlers and
+    the thread that keeps the process alive while it serves.
+
+    The module functions (`start_servables`, `start_grpc_server`, `stop`, the `set_*` limits) drive one default
+    instance, as MindSpore Serving's do; `rustserve start` builds its own and calls `serve()`. The native server is
+    created on first use and again after a `stop()`, except after SIGINT / SIGTERM: a signal's stop is final.
 
     Example:
-        >>> server.set_max_in_flight_mb(2048)
+        >>> srv = server.Server()
+        >>> srv.start_servables(server.ServableStartConfig("servables", "add"))  # doctest: +SKIP
+        >>> srv.start_grpc_server("127.0.0.1:5500")  # doctest: +SKIP
+        >>> raise SystemExit(srv.serve())  # doctest: +SKIP
     """
-    _check_int("limit", limit, 1)
-    _get_server().set_max_in_flight_bytes(limit << 20)
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._native_server: Any = None
+        self._loader: ServableLoader | None = None
+        self._grpc_address: str | None = None
+        self._rest_address: str | None = None
+        self._stopped = threading.Event()  # set once a stop has finished
+        self._stop_running = False  # a stop is under way (on the keeper thread or another caller's)
+        self._keeper: threading.Thread | None = None
+        # The signal handler wakes the keeper through this pipe: a write needs no lock the interrupted code may hold.
+        self._wake: tuple[int, int] | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._io_threads = 0  # 0: the native default (RUSTSERVE_IO_THREADS, else half the cores)
+        self._drain_timeout_s: float | None = None  # None: the native default, read when the keeper starts
+        self._stop_signal: int | None = None  # the SIGINT/SIGTERM that asked this process to stop: no restart after it
+        self._abandoned = False  # the last stop gave up on requests still in flight
+        self._foreground = False  # the main thread only serves (the CLI): a signal just stops, it never raises
+        self._atexit_registered = False
+
+    # --- the native server and the loader ---------------------------------------------------------------------
+
+    def _server(self) -> Any:
+        with self._lock:
+            if self._stop_signal is not None:
+                name = signal.Signals(self._stop_signal).name
+                raise RuntimeError(f"Serving Error: the server is stopping ({name} received), it cannot start again")
+            if self._native_server is None:
+                native = _native()
+                native.init_logging("warn")  # a no-op when the CLI already chose a level
+                self._native_server = native.Server(self._io_threads)
+                self._drain_timeout_s = native.DEFAULTS["drain_timeout_s"]
+                self._abandoned = False
+            return self._native_server
+
+    def _get_loader(self) -> ServableLoader:
+        with self._lock:
+            if self._loader is None:
+                self._loader = ServableLoader()
+            return self._loader
+
+    def _add_specs(self, specs: Sequence[ServableSpec], error_prefix: str = "") -> None:
+        """Hands loaded specs to the native server (initialising ONNX Runtime first when a model is declared)."""
+        native = _native()
+        try:
+            if any(spec["models"] for spec in specs):
+                from rustserve.server import _ort
+
+                native.init_onnxruntime(_ort.find_onnxruntime_library())
+                if any(model["device_type"] == "gpu" for spec in specs for model in spec["models"]):
+                    _ort.preload_cuda_libraries()
+            self._server().add_servables(list(specs))
+        except RuntimeError as exc:
+            # Native errors (RustServeError and its subclasses) and the loader's keep their class.
+            if error_prefix:
+                raise type(exc)(error_prefix + str(exc)) from exc
+            raise
+        except Exception as exc:
+            # Anything else (a malformed spec dict) becomes the RuntimeError MindSpore Serving scripts catch.
+            raise RuntimeError(error_prefix + str(exc)) from exc
+        self._keep_serving()
+
+    def set_io_threads(self, count: int) -> None:
+        """Sets the I/O threads of the native server, which must not exist yet (`rustserve start --io-threads`).
+
+        Args:
+            count: Threads for network I/O and codecs; 0 = `$RUSTSERVE_IO_THREADS`, else half the cores (1-4).
+
+        Raises:
+            RuntimeError: The native server exists already.
+        """
+        with self._lock:
+            if self._native_server is not None:
+                raise RuntimeError("the I/O thread count must be set before the server starts")
+            self._io_threads = count
+
+    def set_log_level(self, level: str) -> None:
+        """Routes the native log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); the first call
+        in a process wins (a server started without one logs warnings and errors).
+
+        Args:
+            level: error, warn, info, debug, trace or a RUST_LOG-style filter.
+        """
+        _native().init_logging(level)
+
+    # --- servables -----------------------------------------------------------------------------------------------
+
+    @_stop_on_except
+    def start_servables(self, servable_configs: ServableStartConfig | Sequence[ServableStartConfig]) -> None:
+        """Loads one or more servables into the server (importing each servable_config.py once).
+
+        Configs that name the same servable and version are merged (device ids united). After this call the process
+        keeps serving until SIGINT/SIGTERM or `stop()`, even when the calling script returns.
+
+        Args:
+            servable_configs: One `ServableStartConfig` or a list/tuple of them.
+
+        Raises:
+            RuntimeError: Invalid configs, or a servable failed to load (`Fail to start workers: <cause>`, e.g.
+                `import <name>.servable_config failed, ...`). The server is stopped first.
+
+        Example:
+            >>> server.start_servables([server.ServableStartConfig("servables", "add")])
+        """
+        if isinstance(servable_configs, ServableStartConfig):
+            servable_configs = (servable_configs,)
+        if not isinstance(servable_configs, (tuple, list)):
+            raise RuntimeError(
+                f"Parameter 'servable_configs' should be ServableStartConfig, list or tuple of ServableStartConfig, "
+                f"but actually {type(servable_configs)}"
+            )
+        for config in servable_configs:
+            if not isinstance(config, ServableStartConfig):
+                raise RuntimeError(
+                    f"The item of parameter 'servable_configs' should be ServableStartConfig, but actually "
+                    f"{type(config)}"
+                )
+        deployments = _merge_configs(servable_configs)
+        loader = self._get_loader()
+        specs: list[ServableSpec] = []
+        try:
+            for deployment in deployments:
+                specs.extend(
+                    loader.load(
+                        deployment.directory,
+                        deployment.name,
+                        deployment.version,
+                        device_type=deployment.device_type,
+                        device_ids=sorted(deployment.device_ids),
+                        num_parallel_workers=deployment.num_parallel_workers,
+                        python_in_process=deployment.python_in_process,
+                    )
+                )
+        except RuntimeError as exc:
+            raise RuntimeError(f"Fail to start workers: {exc}") from exc
+        self._add_specs(specs, "Fail to start workers: ")
+
+    @staticmethod
+    def servable_names(directory: str) -> list[str]:
+        """The servables of `directory`: its subdirectories that hold a servable_config.py.
+
+        Args:
+            directory: The servable directory.
+
+        Returns:
+            The names, sorted.
+        """
+        return discover_servables(directory)
+
+    def add_servable(
+        self,
+        directory: str,
+        name: str,
+        device_type: DeviceType = "cpu",
+        device_ids: Sequence[int] = (),
+        num_parallel_workers: int = 0,
+        python_in_process: bool = True,
+    ) -> list[ServableSpec]:
+        """Loads every version of one servable into the server (`rustserve start`); unlike `start_servables`, a
+        failure leaves the server and the servables loaded before as they are.
+
+        Args:
+            directory: The absolute servable directory.
+            name: The servable name.
+            device_type: Where its models run.
+            device_ids: CUDA devices for "gpu".
+            num_parallel_workers: Python stage executors per version (n > 1: n worker processes).
+            python_in_process: With one executor, run the stages on the server's Python thread (or a worker process).
+
+        Returns:
+            The specs of its versions, oldest first.
+
+        Raises:
+            RuntimeError: The config, a model or a worker process failed (the loader's and the native texts).
+        """
+        # NOTE: a loader of its own, dropped on return: the server's would keep the imported stage functions alive,
+        # and a repository reload must be able to release them.
+        versions = ServableLoader().load_all_versions(
+            directory,
+            name,
+            device_type=device_type,
+            device_ids=device_ids,
+            num_parallel_workers=num_parallel_workers,
+            python_in_process=python_in_process,
+        )
+        self._add_specs(versions)
+        return versions
+
+    def set_load_failure(self, directory: str, name: str, error: BaseException) -> None:
+        """Records that servable `name` failed to load: `/v2/health/ready` answers "not ready" and the repository index
+        lists it as UNAVAILABLE with `error`'s text, without the directory's absolute path.
+
+        Args:
+            directory: The absolute servable directory.
+            name: The servable name.
+            error: Why it failed.
+        """
+        self._server().set_load_failure(name, _hide_directory(str(error), directory))
+
+    def enable_repository(
+        self,
+        directory: str,
+        device_type: DeviceType = "cpu",
+        device_ids: Sequence[int] = (),
+        num_parallel_workers: int = 0,
+        servables: Sequence[str] | None = None,
+        api_key: str | None = None,
+        python_in_process: bool = True,
+    ) -> None:
+        """Lets the model-repository extension (`POST /v2/repository/models/<name>/load`, gRPC `RepositoryModelLoad`)
+        load, reload and unload the servables of `directory` while the server runs (`--model-control-mode explicit`);
+        without this call, load and unload are refused.
+
+        Args:
+            directory: The servable directory.
+            device_type: Where the models of loaded servables run.
+            device_ids: CUDA devices for "gpu".
+            num_parallel_workers: Python stage executors per loaded servable version (n > 1: n worker processes).
+            servables: The only servables that may be loaded; None: every servable of the directory.
+            api_key: When given, load and unload need `authorization: Bearer <api_key>`.
+            python_in_process: With one executor, run the stages on the server's Python thread (or a worker process).
+        """
+        repository = _Repository(directory, device_type, device_ids, num_parallel_workers, servables, python_in_process)
+        self._server().set_repository(repository, api_key)
+
+    # --- listeners -----------------------------------------------------------------------------------------------
+
+    @_stop_on_except
+    def start_grpc_server(self, address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None) -> None:
+        """Starts the MindSpore Serving gRPC service (`MSService`).
+
+        Args:
+            address: `ip:port`; `unix:<path>` is not supported yet.
+            max_msg_mb_size: Largest message in MB, in [1,512], for receiving and sending.
+            ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
+
+        Raises:
+            RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key
+                (MindSpore's texts). The server is stopped first.
+
+        Example:
+            >>> server.start_grpc_server("127.0.0.1:5500")
+        """
+        _check_str("address", address)
+        _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+        tls = _check_ssl_config(ssl_config)
+        with self._lock:
+            if self._grpc_address is not None:
+                raise RuntimeError("Serving Error: Serving gRPC server is already running")
+            if address.startswith("unix:"):
+                if len(address) == len("unix:"):
+                    raise RuntimeError("Serving Error: Empty grpc server unix domain socket address")
+                raise RuntimeError(
+                    f"Serving Error: Serving gRPC server does not support unix domain socket address '{address}' yet"
+                )
+            _check_address(address, "Serving gRPC")
+            self._server().start_grpc(address, max_msg_mb_size, tls)
+            self._grpc_address = address
+        print(f"Serving: Serving gRPC server start success, listening on {address}", flush=True)
+        self._keep_serving()
+
+    @_stop_on_except
+    def start_restful_server(
+        self, address: str, max_msg_mb_size: int = 100, ssl_config: SSLConfig | None = None
+    ) -> None:
+        """Starts the MindSpore Serving RESTful service (`POST /model/<servable>[/version/<n>]:<method>`).
+
+        Args:
+            address: `ip:port`.
+            max_msg_mb_size: Largest request body in MB, in [1,512].
+            ssl_config: TLS settings (`SSLConfig`); None (default) serves plaintext.
+
+        Raises:
+            RuntimeError: Invalid parameters, already running, bind failure or an unusable certificate / key
+                (MindSpore's texts). The server is stopped first.
+
+        Example:
+            >>> server.start_restful_server("127.0.0.1:1500")
+        """
+        _check_str("address", address)
+        _check_int("max_msg_mb_size", max_msg_mb_size, 1, 512)
+        tls = _check_ssl_config(ssl_config)
+        with self._lock:
+            if self._rest_address is not None:
+                raise RuntimeError("Serving Error: RESTful server is already running")
+            if address.startswith("unix:"):
+                raise RuntimeError("Serving Error: RESTful server does not support binding to unix domain socket")
+            _check_address(address, "RESTful server")
+            self._server().start_rest(address, max_msg_mb_size, tls)
+            self._rest_address = address
+        print(f"Serving: Serving RESTful server start success, listening on {address}", flush=True)
+        self._keep_serving()
+
+    # --- limits --------------------------------------------------------------------------------------------------
+
+    def set_request_timeout(self, seconds: float) -> None:
+        """Sets how long one request may take, queueing included (default 300 s; applies to requests that start
+        later).
+
+        A request past it fails (MindSpore protocols: error_code 4 in-band; v2: UNAVAILABLE / 503) and the work still
+        queued for it is dropped, as when the client disconnects.
+
+        Args:
+            seconds: The timeout, > 0.
+
+        Raises:
+            RuntimeError: `seconds` is not a positive finite number.
+
+        Example:
+            >>> server.set_request_timeout(30)
+        """
+        self._server().set_request_timeout(_check_seconds("seconds", seconds, allow_zero=False))
+
+    def set_drain_timeout(self, seconds: float) -> None:
+        """Sets how long `stop` (and SIGTERM / SIGINT) lets requests in flight finish before stopping (default 10 s).
+
+        Args:
+            seconds: The timeout, >= 0 (0: stop without waiting).
+
+        Raises:
+            RuntimeError: `seconds` is not a finite number >= 0.
+
+        Example:
+            >>> server.set_drain_timeout(30)
+        """
+        seconds = _check_seconds("seconds", seconds, allow_zero=True)
+        self._server().set_drain_timeout(seconds)
+        self._drain_timeout_s = seconds
+
+    def set_connection_limits(self, max_connections: int | None = None, idle_timeout: float | None = None) -> None:
+        """Sets, for the listeners started after this call, how many connections each keeps open at once (further ones
+        wait in the kernel's backlog) and how long a connection that has sent nothing (no HTTP/2 preface, no request)
+        stays open (defaults 10000 and 10 s).
+
+        Args:
+            max_connections: Open connections per listener, >= 1; None: the default.
+            idle_timeout: Seconds a silent connection is kept after it was accepted, > 0; None: the default.
+
+        Raises:
+            RuntimeError: A parameter is out of range.
+
+        Example:
+            >>> server.set_connection_limits(max_connections=1000, idle_timeout=5)
+        """
+        if max_connections is None:
+            max_connections = _defaults()["max_connections"]
+        if idle_timeout is None:
+            idle_timeout = _defaults()["connection_idle_timeout_s"]
+        _check_int("max_connections", max_connections, 1)
+        self._server().set_connection_limits(
+            max_connections, _check_seconds("idle_timeout", idle_timeout, allow_zero=False)
+        )
+
+    def set_max_in_flight_mb(self, limit: int) -> None:
+        """Bounds the request bodies the server holds at once, over every listener (default 1024 MB).
+
+        A request whose body would pass the bound is refused at once, before its body is read: REST 429, gRPC
+        RESOURCE_EXHAUSTED (`Serving Error: the server is holding ... bytes of requests ...`). A REST body sent without
+        a Content-Length counts as the largest message allowed (`max_msg_mb_size`).
+
+        Args:
+            limit: Megabytes, >= 1.
+
+        Raises:
+            RuntimeError: `limit` is not an int >= 1.
+
+        Example:
+            >>> server.set_max_in_flight_mb(2048)
+        """
+        _check_int("limit", limit, 1)
+        self._server().set_max_in_flight_bytes(limit << 20)
+
+    def set_max_queued_instances(self, limit: int) -> None:
+        """Bounds the instances queued for one model (default 10000): back-pressure instead of unbounded memory.
+
+        While a model a method runs has `limit` instances waiting for a batch, requests for that method fail at once
+        with `Serving Error: the queue of model '<file>' is full ...` (MindSpore protocols: error_code 1; v2:
+        UNAVAILABLE / 503). The requests in flight limit (10000, MindSpore's) still applies on top.
+
+        Args:
+            limit: Queued instances per model, >= 1.
+
+        Raises:
+            RuntimeError: `limit` is not an int >= 1.
+
+        Example:
+            >>> server.set_max_queued_instances(1000)
+        """
+        _check_int("limit", limit, 1)
+        self._server().set_max_queued_instances(limit)
+
+    def set_max_queued_python_calls(self, limit: int) -> None:
+        """Bounds the Python stage calls waiting for a free executor (default 10000); further calls fail at once.
+
+        The error is `Serving Error: the Python stage queue is full ...` (MindSpore protocols: error_code 1; v2:
+        UNAVAILABLE / 503). Calls whose client has gone away do not count.
+
+        Args:
+            limit: Waiting calls, >= 1.
+
+        Raises:
+            RuntimeError: `limit` is not an int >= 1.
+
+        Example:
+            >>> server.set_max_queued_python_calls(1000)
+        """
+        _check_int("limit", limit, 1)
+        self._server().set_max_queued_python_calls(limit)
+
+    def set_max_enqueued_requests(self, max_enqueued_requests: int) -> None:
+        """Bounds the requests in flight (default 10000), as MindSpore's `master.context.set_max_enqueued_requests`.
+
+        Further requests fail at once with `Serving Error: enqueued requests count exceeds the limit <n>` (MindSpore
+        protocols: error_code 1; v2: UNAVAILABLE / 503).
+
+        Args:
+            max_enqueued_requests: Requests in flight, >= 1.
+
+        Raises:
+            RuntimeError: `max_enqueued_requests` is not an int >= 1.
+
+        Example:
+            >>> server.set_max_enqueued_requests(100)
+        """
+        _check_int("max_enqueued_requests", max_enqueued_requests, 1)
+        self._server().set_max_enqueued_requests(max_enqueued_requests)
+
+    # --- lifetime ------------------------------------------------------------------------------------------------
+
+    def serve_in_foreground(self) -> None:
+        """Makes the main thread a pure server (`rustserve start`): from now on SIGINT / SIGTERM only stop the server,
+        they never raise in the main thread (a stop asked for during start-up makes the remaining start calls fail),
+        and the module functions (`server.stop()` included) drive this server.
+        """
+        global _current
+        _current = self
+        self._foreground = True
+        self._keep_serving()
+
+    def serve(self) -> int:
+        """Blocks the calling (main) thread until the server stops (`stop()`, or SIGINT / SIGTERM), then stops it.
+
+        Returns:
+            The exit status the stop deserves: 0, or `EXIT_ABANDONED` when it gave up on requests in flight.
+        """
+        try:
+            with self._lock:
+                stopped = self._stopped
+                self._install_signal_handlers()
+            while not stopped.wait(1.0):
+                pass
+        finally:
+            self.stop()
+        return self.exit_status
+
+    @property
+    def exit_status(self) -> int:
+        """0, or `EXIT_ABANDONED` when the last stop gave up on requests or calls in flight."""
+        return EXIT_ABANDONED if self._abandoned else 0
+
+    def stop(self) -> None:
+        """Stops the listeners and servables and releases the process (idempotent; also runs on SIGINT/SIGTERM).
+
+        Requests in flight get up to the drain timeout (`set_drain_timeout`) to finish. When another thread is stopping
+        the server already (after a signal), this waits until that stop has finished.
+
+        Example:
+            >>> server.stop()
+        """
+        with self._lock:
+            native_server, self._native_server = self._native_server, None
+            self._loader = None
+            self._grpc_address = None
+            self._rest_address = None
+            stopped = self._stopped
+            self._restore_signal_handlers()
+            wait_for_other = native_server is None and self._stop_running
+            if native_server is not None:
+                self._stop_running = True
+        if wait_for_other:
+            stopped.wait()
+            return
+        try:
+            # NOTE: the native stop returns False when the drain timeout passed with requests in flight (fakes: None).
+            if native_server is not None and native_server.stop() is False:
+                self._abandoned = True
+        finally:
+            self._stop_running = False
+            stopped.set()
+            self._wake_keeper()
+
+    def _wake_keeper(self) -> None:
+        """Wakes the keeper thread; safe inside a signal handler (one non-blocking write, no lock)."""
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"!")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: the keeper has a wake-up pending anyway
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # NOTE: the handler only asks the keeper thread to stop. Stopping here, on the interrupted main thread, could
+        # wait for a lock that the interrupted code holds (an import, a print, the logging lock, ours) and never return.
+        if self._stop_signal is None:
+            self._stop_signal = signum
+        self._wake_keeper()
+        if self._foreground or not threading.main_thread().is_alive():
+            return  # `rustserve start`, or a script that returned: stopping is all there is to do
+        # The main thread still runs user code: give the signal its usual effect there too.
+        previous = self._previous_handlers.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+
+    def _install_signal_handlers(self) -> None:
+        global _signal_owner
+        if not _in_main_thread() or self._previous_handlers:
+            return
+        _signal_owner = self
+        for signum in _SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, _on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        if not _in_main_thread():
+            return
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers.clear()
+
+    def _keep(self, stopped: threading.Event) -> None:
+        """The keeper thread: keeps the process alive until `stopped`, and runs the stop a signal asks for."""
+        assert self._wake is not None
+        while not stopped.is_set():
+            os.read(self._wake[0], 512)
+            if self._stop_signal is not None and not stopped.is_set():
+                _logger.warning(
+                    "Serving server begin to exit: receive exit signal %s", signal.Signals(self._stop_signal).name
+                )
+                self._stop_within_deadline()
+
+    def _stop_within_deadline(self) -> None:
+        """`stop()`, but past the drain timeout + STOP_GRACE_S the process exits with EXIT_ABANDONED, whatever hangs.
+
+        For `rustserve start` the deadline covers the whole exit, not just the stop: a main thread still inside a
+        start-up step (waiting for a worker process to come up, say) cannot hold the process either. A script's own
+        code after its KeyboardInterrupt is its business, so there the deadline ends with the stop.
+        """
+        drain_timeout_s = self._drain_timeout_s
+        assert drain_timeout_s is not None  # read before the keeper started
+        limit_s = drain_timeout_s + STOP_GRACE_S
+        timer = threading.Timer(limit_s, self._abandon, args=(limit_s, drain_timeout_s))
+        timer.daemon = True
+        timer.name = "rustserve-stop-deadline"
+        timer.start()
+        try:
+            self.stop()
+        finally:
+            if not self._foreground:
+                timer.cancel()
+
+    @staticmethod
+    def _abandon(limit_s: float, drain_timeout_s: float) -> None:
+        """The stop took too long (a stage that never returns, say): tell where every thread is, then exit."""
+        _logger.error(
+            "the stop did not finish within %.1f s (drain timeout %.1f s + %.1f s): exiting with status %d, "
+            "abandoning the calls still running; thread stacks follow",
+            limit_s,
+            drain_timeout_s,
+            STOP_GRACE_S,
+            EXIT_ABANDONED,
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_ABANDONED)
+
+    def _start_keeper(self) -> None:
+        """Starts the keeper thread (non-daemon) unless it runs; call with `self._lock` held."""
+        if self._keeper is not None and self._keeper.is_alive():
+            return
+        if self._stopped.is_set():
+            self._stopped = threading.Event()
+        self._keeper = threading.Thread(
+            target=self._keep, args=(self._stopped,), name="rustserve-serving", daemon=False
+        )
+        self._keeper.start()
+
+    def _keep_serving(self) -> None:
+        """After any start call: a non-daemon thread keeps the process alive until `stop()`, as in MindSpore."""
+        with self._lock:
+            if self._wake is None:
+                read_end, write_end = os.pipe()
+                os.set_blocking(write_end, False)
+                self._wake = (read_end, write_end)
+            if self._drain_timeout_s is None:
+                self._drain_timeout_s = _defaults()["drain_timeout_s"]
+            # NOTE: handlers first, keeper second. A signal before the handlers has its default effect (the process
+            # ends: nothing keeps it); one after them reaches the keeper through the pipe, even before it reads.
+            self._install_signal_handlers()
+            self._start_keeper()
+            if not self._atexit_registered:
+                atexit.register(self.stop)
+                self._atexit_registered = True
 
 
-def set_max_queued_instances(limit: int) -> None:
-    """Bounds the instances queued for one model (default 10000): back-pressure instead of unbounded memory.
-
-    While a model a method runs has `limit` instances waiting for a batch, requests for that method fail at once with
-    `Serving Error: the queue of model '<file>' is full ...` (MindSpore protocols: error_code 1; v2: UNAVAILABLE /
-    503). The requests in flight limit (10000, MindSpore's) still applies on top.
-
-    Args:
-        limit: Queued instances per model, >= 1.
-
-    Raises:
-        RuntimeError: `limit` is not an int >= 1.
-
-    Example:
-        >>> server.set_max_queued_instances(1000)
-    """
-    _check_int("limit", limit, 1)
-    _get_server().set_max_queued_instances(limit)
+# The server the module functions drive: MindSpore Serving's one server per process. A server in the foreground (the
+# CLI's) takes its place, so that `stop()` from a stage or another thread stops what serves, as before.
+_current = Server()
 
 
-def set_max_queued_python_calls(limit: int) -> None:
-    """Bounds the Python stage calls waiting for a free executor (default 10000); further calls fail at once.
+def _delegate(method: Callable[Concatenate[Server, _P], _R]) -> Callable[_P, _R]:
+    """The module function for `method`: calls it on the process's server, with its name, docstring and signature."""
 
-    The error is `Serving Error: the Python stage queue is full ...` (MindSpore protocols: error_code 1; v2:
-    UNAVAILABLE / 503). Calls whose client has gone away do not count.
+    @functools.wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return method(_current, *args, **kwargs)
 
-    Args:
-        limit: Waiting calls, >= 1.
-
-    Raises:
-        RuntimeError: `limit` is not an int >= 1.
-
-    Example:
-        >>> server.set_max_queued_python_calls(1000)
-    """
-    _check_int("limit", limit, 1)
-    _get_server().set_max_queued_python_calls(limit)
+    del call.__wrapped__  # type: ignore[attr-defined]
+    signature = inspect.signature(method)
+    parameters = list(signature.parameters.values())[1:]  # without `self`
+    call.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return call
 
 
-def set_max_enqueued_requests(max_enqueued_requests: int) -> None:
-    """Bounds the requests in flight (default 10000), as MindSpore's `master.context.set_max_enqueued_requests`.
-
-    Further requests fail at once with `Serving Error: enqueued requests count exceeds the limit <n>` (MindSpore
-    protocols: error_code 1; v2: UNAVAILABLE / 503).
-
-    Args:
-        max_enqueued_requests: Requests in flight, >= 1.
-
-    Raises:
-        RuntimeError: `max_enqueued_requests` is not an int >= 1.
-
-    Example:
-        >>> server.set_max_enqueued_requests(100)
-    """
-    _check_int("max_enqueued_requests", max_enqueued_requests, 1)
-    _get_server().set_max_enqueued_requests(max_enqueued_requests)
-
-
-def stop() -> None:
-    """Stops the listeners and servables and releases the process (idempotent; also runs on SIGINT/SIGTERM).
-
-    Requests in flight get up to the drain timeout (`set_drain_timeout`) to finish. When another thread is stopping
-    the server already (after a signal), this waits until that stop has finished.
-
-    Example:
-        >>> server.stop()
-    """
-    with _state.lock:
-        server, _state.server = _state.server, None
-        _state.loader = None
-        _state.grpc_address = None
-        _state.rest_address = None
-        stopped = _state.stopped
-        _restore_signal_handlers()
-        wait_for_other = server is None and _state.stop_running
-        if server is not None:
-            _state.stop_running = True
-    if wait_for_other:
-        stopped.wait()
-        return
-    try:
-        # NOTE: the native stop returns False when the drain timeout passed with requests in flight (fakes: None).
-        if server is not None and server.stop() is False:
-            _state.abandoned = True
-    finally:
-        _state.stop_running = False
-        stopped.set()
-        _wake_keeper()
+start_servables = _delegate(Server.start_servables)
+start_grpc_server = _delegate(Server.start_grpc_server)
+start_restful_server = _delegate(Server.start_restful_server)
+set_request_timeout = _delegate(Server.set_request_timeout)
+set_drain_timeout = _delegate(Server.set_drain_timeout)
+set_connection_limits = _delegate(Server.set_connection_limits)
+set_max_in_flight_mb = _delegate(Server.set_max_in_flight_mb)
+set_max_queued_instances = _delegate(Server.set_max_queued_instances)
+set_max_queued_python_calls = _delegate(Server.set_max_queued_python_calls)
+set_max_enqueued_requests = _delegate(Server.set_max_enqueued_requests)
+stop = _delegate(Server.stop)
+# A MindSpore-style script that serves and nothing else (test_workers.py's launcher), as `rustserve start` does.
+_serve_in_foreground = _delegate(Server.serve_in_foreground)

@@ -9,7 +9,9 @@ use crate::error::ServeError;
 use crate::ingress::tls::TlsFiles;
 use crate::runtime::ServerRuntime;
 use crate::servable::{ServableVersion, loader};
-use crate::service::{DEFAULT_MAX_ENQUEUED_REQUESTS, Repository, Service};
+use crate::service::{
+    DEFAULT_MAX_ENQUEUED_REQUESTS, DEFAULT_MAX_QUEUED_INSTANCES, DEFAULT_REQUEST_TIMEOUT, Repository, Service,
+};
 use crate::spec::{FunctionId, ServableSpec, StageKind};
 use crate::workers::ipc::FunctionEntry;
 use crate::workers::supervisor::{WorkerConfig, WorkerHandle};
@@ -21,6 +23,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const MB: usize = 1024 * 1024;
+
+/// Where `rustserve start` listens unless told otherwise.
+pub const DEFAULT_GRPC_ADDRESS: &str = "127.0.0.1:5500";
+pub const DEFAULT_REST_ADDRESS: &str = "127.0.0.1:1500";
+/// MindSpore Serving's largest message, in MB (`start_grpc_server(max_msg_mb_size=100)`).
+pub const DEFAULT_MAX_MSG_MB_SIZE: usize = 100;
+
+/// `rustserve._rustserve.DEFAULTS`: the server's defaults (the constants of the modules that apply them), so Python's
+/// signatures and the CLI read them instead of repeating them.
+pub fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let limits = crate::ingress::listen::Limits::default();
+    let defaults = PyDict::new(py);
+    defaults.set_item("grpc_address", DEFAULT_GRPC_ADDRESS)?;
+    defaults.set_item("rest_address", DEFAULT_REST_ADDRESS)?;
+    defaults.set_item("max_msg_mb_size", DEFAULT_MAX_MSG_MB_SIZE)?;
+    defaults.set_item("request_timeout_s", DEFAULT_REQUEST_TIMEOUT.as_secs_f64())?;
+    defaults.set_item("drain_timeout_s", crate::runtime::DRAIN_TIMEOUT.as_secs_f64())?;
+    defaults.set_item("max_enqueued_requests", DEFAULT_MAX_ENQUEUED_REQUESTS)?;
+    defaults.set_item("max_queued_instances", DEFAULT_MAX_QUEUED_INSTANCES)?;
+    defaults.set_item("max_queued_python_calls", crate::dispatch::DEFAULT_MAX_WAITING)?;
+    defaults.set_item("max_in_flight_mb", crate::ingress::budget::DEFAULT_BYTES / MB)?;
+    defaults.set_item("max_connections", limits.max_connections)?;
+    defaults.set_item("connection_idle_timeout_s", limits.idle_timeout.as_secs_f64())?;
+    Ok(defaults)
+}
 
 /// The native server: servables, executors and the gRPC / REST listeners, on a private tokio runtime.
 #[pyclass(frozen, name = "Server", module = "rustserve._rustserve")]
