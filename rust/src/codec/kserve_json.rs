@@ -9,6 +9,7 @@ use super::kserve::{
     EXTENSIONS, IndexEntry, InferInput, InferRequest, InferResponse, ModelDescription, ModelStatsEntry, PLATFORM,
     RequestedOutput, SERVER_NAME, config_type, count_of, datatype, parse_datatype, raw_contents, tensor_from_raw,
 };
+use super::kserve_json_doc::{self, Data, Entry, Inputs, Leaves, Root};
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
@@ -22,10 +23,12 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
             body.len()
         ));
     }
-    let json: Value =
-        serde_json::from_slice(&body[..split]).map_err(|e| format!("the request is not valid JSON: {e}"))?;
+    let document = kserve_json_doc::read(&body[..split]).map_err(|e| format!("the request is not valid JSON: {e}"))?;
+    let Root::Object { fields: root, inputs } = document else {
+        return Err("the request must be a JSON object".into());
+    };
+    let root = &root;
     let binary = body.slice(split..);
-    let root = json.as_object().ok_or("the request must be a JSON object")?;
     let id = match root.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) => Some(id.clone()),
@@ -33,11 +36,11 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
     };
     let parameters = object_field(root, "parameters", "the request")?;
     let binary_output = bool_param(parameters, "binary_data_output", "the request")?.unwrap_or(false);
-    let inputs = root
-        .get("inputs")
-        .ok_or("the request has no 'inputs'")?
-        .as_array()
-        .ok_or("'inputs' must be a list")?;
+    let inputs = match inputs {
+        None => return Err("the request has no 'inputs'".into()),
+        Some(Inputs::NotList) => return Err("'inputs' must be a list".into()),
+        Some(Inputs::List(inputs)) => inputs,
+    };
     let mut offset = 0;
     let mut decoded: Vec<InferInput> = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -84,8 +87,11 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
     })
 }
 
-fn decode_input(input: &Value, binary: &Bytes, offset: &mut usize) -> Result<InferInput, String> {
-    let input = input.as_object().ok_or("every entry of 'inputs' must be an object")?;
+fn decode_input(input: Entry<'_>, binary: &Bytes, offset: &mut usize) -> Result<InferInput, String> {
+    let Entry::Input { fields: input, data } = input else {
+        return Err("every entry of 'inputs' must be an object".into());
+    };
+    let input = &input;
     let name = string_field(input, "name", "an entry of 'inputs'")?;
     let what = format!("input '{name}'");
     let parameters = object_field(input, "parameters", &what)?;
@@ -130,82 +136,42 @@ fn decode_input(input: &Value, binary: &Bytes, offset: &mut usize) -> Result<Inf
             *offset = end;
             tensor_from_raw(&what, dtype, shape, raw)?
         } else {
-            let data = input
-                .get("data")
-                .ok_or_else(|| format!("{what} has neither 'data' nor a binary_data_size parameter"))?;
+            let data = data.ok_or_else(|| format!("{what} has neither 'data' nor a binary_data_size parameter"))?;
             tensor_from_json(&what, dtype, shape, data)?
         };
     Ok(InferInput { name, tensor })
 }
 
 /// Builds a tensor from JSON `data`: a flat list in row-major order, or nested lists (any nesting is flattened).
-fn tensor_from_json(what: &str, dtype: DType, shape: Vec<i64>, data: &Value) -> Result<Tensor, String> {
+/// The element count is checked before the values, whatever order the keys came in.
+fn tensor_from_json(what: &str, dtype: DType, shape: Vec<i64>, data: Data<'_>) -> Result<Tensor, String> {
     let count = count_of(what, &shape)?;
-    // NOTE: the shape is the client's word; reserving `count` up front would let `[2**40]` abort the server.
-    let mut flat = Vec::new();
-    flatten(data, &mut flat);
-    if flat.len() != count {
+    let leaves = match data {
+        Data::Read(leaves) if leaves.dtype == dtype && leaves.count == count => leaves,
+        // Only a repeated key can make the fields disagree with what `data` was read for.
+        Data::Read(_) => return Err(format!("{what}: 'datatype' or 'shape' is given twice")),
+        Data::Raw(raw) => {
+            Leaves::read(dtype, count, raw).map_err(|e| format!("{what}: 'data' is not valid JSON: {e}"))?
+        }
+    };
+    if leaves.seen != count {
         return Err(format!(
             "{what}: 'data' has {} elements but shape {shape:?} needs {count}",
-            flat.len()
+            leaves.seen
         ));
     }
-    let bad = |i: usize, v: &Value| format!("{what}: element {i} is {v}, which is not a valid {}", datatype(dtype));
-    if dtype.is_variable() {
-        let items = flat
-            .iter()
-            .enumerate()
-            .map(|(i, v)| match v {
-                Value::String(s) => Ok(Bytes::copy_from_slice(s.as_bytes())),
-                other => Err(bad(i, other)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Tensor {
-            dtype,
-            shape,
-            data: TensorData::Items(items),
-        });
+    if let Some((i, value)) = leaves.first_bad {
+        return Err(format!(
+            "{what}: element {i} is {value}, which is not a valid {}",
+            datatype(dtype)
+        ));
     }
-    let mut raw: Vec<u8> = Vec::with_capacity(flat.len() * dtype.item_size());
-    for (i, v) in flat.iter().enumerate() {
-        let ok = match dtype {
-            DType::Bool => v.as_bool().map(|b| raw.push(u8::from(b))),
-            DType::Int8 => int::<i8>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::Int16 => int::<i16>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::Int32 => int::<i32>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::Int64 => v.as_i64().map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::UInt8 => uint::<u8>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::UInt16 => uint::<u16>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::UInt32 => uint::<u32>(v).map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::UInt64 => v.as_u64().map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::Float16 => v
-                .as_f64()
-                .map(|x| raw.extend_from_slice(&half::f16::from_f64(x).to_le_bytes())),
-            DType::Float32 => v.as_f64().map(|x| raw.extend_from_slice(&(x as f32).to_le_bytes())),
-            DType::Float64 => v.as_f64().map(|x| raw.extend_from_slice(&x.to_le_bytes())),
-            DType::String | DType::Bytes => None,
-        };
-        if ok.is_none() {
-            return Err(bad(i, v));
-        }
-    }
-    Tensor::from_raw(dtype, shape, raw).map_err(|e| format!("{what}: {e}"))
-}
-
-fn int<T: TryFrom<i64>>(v: &Value) -> Option<T> {
-    v.as_i64().and_then(|x| T::try_from(x).ok())
-}
-
-fn uint<T: TryFrom<u64>>(v: &Value) -> Option<T> {
-    v.as_u64().and_then(|x| T::try_from(x).ok())
-}
-
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
-    match value {
-        // serde_json stops at 128 levels of nesting, so this recursion is bounded.
-        Value::Array(items) => items.iter().for_each(|item| flatten(item, out)),
-        other => out.push(other),
-    }
+    let data = if dtype.is_variable() {
+        TensorData::Items(leaves.items)
+    } else {
+        TensorData::Raw(Bytes::from(leaves.raw))
+    };
+    Tensor::new(dtype, shape, data).map_err(|e| format!("{what}: {e}"))
 }
 
 fn string_field(object: &Map<String, Value>, key: &str, what: &str) -> Result<String, String> {
