@@ -275,13 +275,8 @@ impl Service {
         protocol: Protocol,
         decode: Duration,
     ) -> (PredictReply, Option<Arc<MethodStats>>) {
-        let arrival = Arrival {
-            protocol,
-            decode,
-            started: Instant::now(),
-        };
-        let _in_flight = match self.enter(protocol) {
-            Ok(guard) => guard,
+        let (_in_flight, arrival) = match self.enter(protocol, decode) {
+            Ok(entered) => entered,
             Err(overloaded) => return (overloaded, None),
         };
         let PredictRequest { target, instances } = request;
@@ -318,13 +313,8 @@ impl Service {
         protocol: Protocol,
         decode: Duration,
     ) -> (PredictReply, Option<Arc<MethodStats>>) {
-        let arrival = Arrival {
-            protocol,
-            decode,
-            started: Instant::now(),
-        };
-        let _in_flight = match self.enter(protocol) {
-            Ok(guard) => guard,
+        let (_in_flight, arrival) = match self.enter(protocol, decode) {
+            Ok(entered) => entered,
             Err(overloaded) => return (overloaded, None),
         };
         let target = MethodRef {
@@ -335,8 +325,13 @@ impl Service {
         self.run_plan(servable, plan, &target, instances, arrival).await
     }
 
-    /// Counts a request in flight; refuses it when `max_enqueued` are already.
-    fn enter(&self, protocol: Protocol) -> Result<InFlight<'_>, PredictReply> {
+    /// Counts a request in flight, from now; refuses it when `max_enqueued` are already.
+    fn enter(&self, protocol: Protocol, decode: Duration) -> Result<(InFlight<'_>, Arrival), PredictReply> {
+        let arrival = Arrival {
+            protocol,
+            decode,
+            started: Instant::now(),
+        };
         let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(&self.in_flight);
         let max_enqueued = self.max_enqueued.load(Ordering::Relaxed);
@@ -346,7 +341,7 @@ impl Service {
                 "Serving Error: enqueued requests count exceeds the limit {max_enqueued}"
             ))));
         }
-        Ok(guard)
+        Ok((guard, arrival))
     }
 
     /// Runs a routed request's method: input names, queue room, the request timeout, then the record.
