@@ -100,7 +100,7 @@ def add_dir(tmp_path: Path) -> Path:
 
 def test_load_newest_version_spec(add_dir: Path) -> None:
     (spec,) = _loader.load_servable(str(add_dir), "add")
-    helper = sys.modules["add.helper"]
+    helper = sys.modules["add"].helper
     cast = sys.modules["add.servable_config"].cast
     version_dir = str(add_dir / "add" / "2")
     assert spec == {
@@ -167,7 +167,7 @@ def test_load_specific_version_and_gpu(add_dir: Path) -> None:
 def test_all_versions_share_one_import(add_dir: Path) -> None:
     specs = _loader.load_all_versions(str(add_dir), "add")
     assert [spec["version"] for spec in specs] == [1, 2]
-    assert sys.modules["add.helper"].IMPORTS == [1]
+    assert sys.modules["add"].helper.IMPORTS == [1]
     first, second = (spec["methods"][0]["stages"][0] for spec in specs)
     assert first["kind"] == "function" and second["kind"] == "function"
     assert first["function"] is second["function"]
@@ -178,11 +178,11 @@ def test_loader_imports_once_per_servable(add_dir: Path) -> None:
     loader = _loader.ServableLoader()
     (v1,) = loader.load(str(add_dir), "add", 1)
     (v2,) = loader.load(str(add_dir), "add", 2)
-    assert sys.modules["add.helper"].IMPORTS == [1]
+    assert sys.modules["add"].helper.IMPORTS == [1]
     assert v1["methods"][0]["stages"][0]["function"] is v2["methods"][0]["stages"][0]["function"]  # type: ignore[typeddict-item]
     # A fresh loader imports again, with fresh modules.
     _loader.ServableLoader().load(str(add_dir), "add", 1)
-    assert sys.modules["add.helper"].IMPORTS == [1]
+    assert sys.modules["add"].helper.IMPORTS == [1]
 
 
 def test_same_servable_name_in_two_directories(tmp_path: Path) -> None:
@@ -302,16 +302,88 @@ def test_import_failures(tmp_path: Path, config: str, text: str) -> None:
         _loader.load_servable(str(tmp_path), "svc")
 
 
-def test_servable_name_clashing_with_a_module(tmp_path: Path) -> None:
-    write_servable(tmp_path, "json", NO_MODEL_CONFIG)
-    with pytest.raises(
-        RuntimeError,
-        match="^import json.servable_config failed, the servable name 'json' clashes with the already imported module",
-    ):
-        _loader.load_servable(str(tmp_path), "json")
+RELATIVE_CONFIG = """
+from rustserve.server import register
+from . import helper
+from .sub.util import OFFSET
+
+def plus_one(x):
+    return helper.cast(x) + OFFSET
+
+@register.register_method(output_names="y")
+def predict(x):
+    return register.add_stage(plus_one, x, outputs_count=1)
+"""
+
+
+def _write_relative_servable(root: Path, name: str) -> Path:
+    folder = write_servable(root, name, RELATIVE_CONFIG, helper=HELPER)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "__init__.py").write_text("")
+    (folder / "sub" / "util.py").write_text("OFFSET = 1\n")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["types", "email", "test", "json", "queue"])
+def test_servable_named_like_a_module(tmp_path: Path, name: str) -> None:
+    """A servable may bear a module's name: its config loads under a private package, by path, and the module is
+    left alone; relative imports work."""
+    importlib.import_module(name)
+    module = sys.modules[name]
+    _write_relative_servable(tmp_path, name)
+    (spec,) = _loader.load_servable(str(tmp_path), name)
+    assert sys.modules[name] is module
+    (stage,) = spec["methods"][0]["stages"]
+    assert stage["kind"] == "function" and stage["name"] == f"{name}.plus_one"
+    assert stage["function"](1) == 2  # type: ignore[typeddict-item]
+    assert stage["function"].__module__.startswith("_rustserve_servables.")  # type: ignore[typeddict-item]
+    # `<servable>.<module>` cannot work where the name is taken: the module's own name space answers.
+    write_servable(tmp_path / "sibling", name, "from " + name + " import helper\n", helper=HELPER)
+    with pytest.raises(RuntimeError, match=f"^import {name}.servable_config failed, "):
+        _loader.load_servable(str(tmp_path / "sibling"), name)
+    assert sys.modules[name] is module
     import json
 
     assert json.dumps([1]) == "[1]"
+
+
+def test_sibling_and_relative_imports_give_one_module(tmp_path: Path) -> None:
+    """Where the name is free, `<servable>.<module>` and `.<module>` are the same module, in either order."""
+    config = RELATIVE_CONFIG.replace(
+        "from . import helper\n",
+        "from . import helper\nimport freename.helper\nfrom freename.sub import util\nfrom .sub import util as util2\n"
+        "assert freename.helper is helper and util is util2\nhelper.IMPORTS.append(1)\n",
+    )
+    folder = _write_relative_servable(tmp_path, "freename")
+    (folder / "servable_config.py").write_text(textwrap.dedent(config).lstrip("\n"))
+    (spec,) = _loader.load_servable(str(tmp_path), "freename")
+    assert sys.modules["freename.helper"] is sys.modules["freename"].helper
+    assert sys.modules["freename.helper"].IMPORTS == [1]
+    assert sys.modules["freename.helper"].__spec__.name == sys.modules["freename.helper"].__name__
+    # A fresh import replaces the alias and its modules.
+    _loader.ServableLoader().load(str(tmp_path), "freename")
+    assert sys.modules["freename.helper"].IMPORTS == [1]
+
+
+def test_worker_registers_the_same_stages(tmp_path: Path) -> None:
+    """A worker process imports the config through the same loader: same stages, same order, module name or not."""
+    from rustserve import worker
+
+    _write_relative_servable(tmp_path, "types")
+    loader_stages = [
+        (method["name"], index, stage["name"])
+        for method in _loader.ServableLoader().import_config(str(tmp_path), "types").methods
+        for index, stage in enumerate(method["stages"], start=1)
+    ]
+    script = (
+        "import sys\nfrom rustserve import worker\n"
+        "print([f[:3] for f in worker.stage_functions(sys.argv[1], 'types')])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == str([tuple(item) for item in loader_stages])
+    assert [f[:3] for f in worker.stage_functions(str(tmp_path), "types")] == loader_stages
 
 
 def test_version_errors(tmp_path: Path) -> None:

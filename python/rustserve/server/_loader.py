@@ -1,20 +1,29 @@
 """Loads servables from disk into `ServableSpec` dicts for the native core.
 
 A servable lives in `<servable_directory>/<name>/`: `servable_config.py` plus version directories (all-digit
-names, newest = largest) that hold the model files. The config is imported once per servable as module
-`<name>.servable_config` (so it can import siblings as `<name>.helper`) while `register` records into a fresh
-registry; every version of the servable then shares the same Python functions.
+names, newest = largest) that hold the model files. The config is imported once per servable, by path, as
+`_rustserve_servables.<name>_<hash of its folder>.servable_config`: a private package whose `__path__` is the
+servable's folder, so no servable name can collide with a module (`types`, `json`, `test` ...) and relative imports
+(`from . import helper`) always work. Where the name is free, `sys.modules[<name>]` is that same package too, so
+MindSpore's sibling imports (`import <name>.helper`) give the very modules the relative imports give. The config
+runs while `register` records into a fresh registry; every version of the servable then shares the same Python
+functions.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
+import keyword
 import os
+import re
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Literal, NamedTuple
 
 from rustserve.server import register
@@ -24,6 +33,7 @@ __all__ = ["ServableLoader", "discover_servables", "load_all_versions", "load_se
 
 _CONFIG_FILE = "servable_config.py"
 _SERVABLE_PACKAGE_MARK = "__rustserve_servable_dir__"
+_PRIVATE_ROOT = "_rustserve_servables"  # the namespace every servable's package lives in
 
 DeviceType = Literal["cpu", "gpu"]
 
@@ -99,44 +109,128 @@ def _forget_modules(name: str) -> None:
         del sys.modules[module_name]
 
 
-def _prepare_package(name: str, package_dir: str) -> None:
-    """Makes `sys.modules[name]` the package of `package_dir`, so `<name>.*` imports resolve inside it.
+def _private_package_name(name: str, folder: str) -> str:
+    """The servable's package: stable for one folder (a reload replaces its modules), distinct for two folders."""
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII)
+    digest = hashlib.sha256(f"{os.path.realpath(folder)}\0{name}".encode()).hexdigest()[:12]
+    return f"{_PRIVATE_ROOT}.{ident}_{digest}"
 
-    Pinning the package's `__path__` keeps two servable directories that hold a servable of the same name (or an
-    earlier load of this one) from shadowing each other through `sys.path` order.
-    """
-    real_dir = os.path.realpath(package_dir)
-    existing = sys.modules.get(name)
-    if existing is not None:
-        if getattr(existing, _SERVABLE_PACKAGE_MARK, None) is not None:
-            _forget_modules(name)  # a package made by an earlier load: load afresh
-        elif real_dir in (os.path.realpath(path) for path in getattr(existing, "__path__", ())):
-            sys.modules.pop(f"{name}.servable_config", None)  # the user imported the package: keep it
-            return
-        else:
-            origin = getattr(existing, "__file__", None) or getattr(existing, "__path__", None)
-            raise RuntimeError(
-                f"the servable name '{name}' clashes with the already imported module '{name}' ({origin})"
-            )
 
+def _root_package() -> ModuleType:
+    root = sys.modules.get(_PRIVATE_ROOT)
+    if root is None:
+        spec = importlib.machinery.ModuleSpec(_PRIVATE_ROOT, None, is_package=True)
+        spec.submodule_search_locations = []  # only the packages put here; nothing is found by path
+        root = importlib.util.module_from_spec(spec)
+        sys.modules[_PRIVATE_ROOT] = root
+    return root
+
+
+def _make_package(package_name: str, package_dir: str) -> ModuleType:
+    """A fresh package `package_name` for `package_dir` (its `__init__.py` run, if any), in `sys.modules`."""
+    _forget_modules(package_name)  # an earlier load of this folder: load afresh
     init_file = os.path.join(package_dir, "__init__.py")
     spec: importlib.machinery.ModuleSpec | None
     if os.path.isfile(init_file):
-        spec = importlib.util.spec_from_file_location(name, init_file, submodule_search_locations=[package_dir])
+        spec = importlib.util.spec_from_file_location(package_name, init_file, submodule_search_locations=[package_dir])
     else:
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec = importlib.machinery.ModuleSpec(package_name, None, is_package=True)
         spec.submodule_search_locations = [package_dir]
     if spec is None:  # pragma: no cover - spec_from_file_location only fails for unknown suffixes
-        raise RuntimeError(f"cannot create the package '{name}' from '{package_dir}'")
+        raise RuntimeError(f"cannot create the package '{package_name}' from '{package_dir}'")
     module = importlib.util.module_from_spec(spec)
-    setattr(module, _SERVABLE_PACKAGE_MARK, real_dir)
-    sys.modules[name] = module
+    setattr(module, _SERVABLE_PACKAGE_MARK, os.path.realpath(package_dir))
+    root = _root_package()
+    sys.modules[package_name] = module
+    setattr(root, package_name.rpartition(".")[2], module)
     try:
         if spec.loader is not None:
             spec.loader.exec_module(module)
     except BaseException:
-        sys.modules.pop(name, None)
+        sys.modules.pop(package_name, None)
         raise
+    return module
+
+
+def _alias_package(name: str, package: ModuleType) -> bool:
+    """Makes `sys.modules[name]` the servable's private package when no other module holds the name.
+
+    Returns:
+        Whether `<name>.*` imports now resolve inside the servable (False: `name` is a module of its own, such as
+        `json`, or no identifier).
+    """
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return False
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if not _is_servable_package(existing):
+            return False
+        _forget_modules(name)  # the alias of an earlier load (this servable's or a namesake's)
+    _install_alias_finder()
+    sys.modules[name] = package
+    _ALIASES.add(name)
+    return True
+
+
+def _is_servable_package(module: object) -> bool:
+    # NOTE: vars(), not getattr(): a module's __getattr__ may import (pydantic's does), and this runs inside imports.
+    return isinstance(module, ModuleType) and _SERVABLE_PACKAGE_MARK in vars(module)
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Hands out the module that already exists under the servable's private name."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self._module = module
+        self._spec = module.__spec__
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return self._module
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__ = self._spec  # the import system set the alias's spec: the module keeps its own
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    """Resolves `<servable>.<module>` through an aliased servable package to `<private package>.<module>`, so a
+    module imported both ways is one module."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        head, dot, rest = fullname.partition(".")
+        if not dot or head not in _ALIASES:
+            return None
+        package = sys.modules.get(head)
+        if package is None or not _is_servable_package(package) or package.__name__ == head:
+            return None
+        private = f"{package.__name__}.{rest}"
+        try:
+            module = importlib.import_module(private)
+        except ModuleNotFoundError as exc:
+            if exc.name == private:
+                return None  # the path finder then reports it under the name the config used
+            raise
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(module))
+
+
+_ALIAS_FINDER = _AliasFinder()
+_ALIASES: set[str] = set()  # names made aliases of a servable package (some may have been replaced since)
+
+
+def _install_alias_finder() -> None:
+    if _ALIAS_FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _ALIAS_FINDER)  # before the path finder, which would load a second copy
+
+
+def _import_config_module(name: str, folder: str) -> None:
+    """Imports the servable's servable_config.py by path under its private package (aliased as `name` if free)."""
+    package_name = _private_package_name(name, folder)
+    package = _make_package(package_name, folder)
+    aliased = _alias_package(name, package)
+    module = importlib.import_module(f"{package_name}.servable_config")
+    if aliased:
+        sys.modules[f"{name}.servable_config"] = module
 
 
 class ServableLoader:
@@ -150,7 +244,7 @@ class ServableLoader:
         self._registries: dict[tuple[str, str], register._Registry] = {}
 
     def import_config(self, directory: str, name: str) -> register._Registry:
-        """Imports `<name>.servable_config` from `directory` (once) and returns what it declared.
+        """Imports the servable_config.py of servable `name` in `directory` (once) and returns what it declared.
 
         Args:
             directory: The servable directory.
@@ -174,14 +268,12 @@ class ServableLoader:
             sys.path.append(directory)
         folder = os.path.join(directory, name)
         registry = register._Registry(name, folder)
-        module_name = f"{name}.servable_config"
         try:
-            _prepare_package(name, folder)
-            sys.modules.pop(module_name, None)
             with register._recording(registry):
-                importlib.import_module(module_name)
+                _import_config_module(name, folder)
         except Exception as exc:
-            raise RuntimeError(f"import {module_name} failed, {exc}") from exc
+            # NOTE: MindSpore's text names the module as `<servable>.servable_config`, whatever it is called inside.
+            raise RuntimeError(f"import {name}.servable_config failed, {exc}") from exc
         self._registries[key] = registry
         return registry
 
