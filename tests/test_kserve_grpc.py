@@ -111,9 +111,9 @@ def test_bytes_and_batches(client: Any) -> None:
 
 
 def test_large_message_is_accepted(client: Any) -> None:
-    big = np.zeros(3_000_000, np.float32)  # 12 MB: over gRPC's usual 4 MB default
+    big = np.zeros((1, 3_000_000), np.float32)  # 12 MB: over gRPC's usual 4 MB default; one instance
     result = client.infer("pystages.describe_input", [tensor("x", big, "FP32")])
-    assert result.as_numpy("kind").item() == b"ndarray:float32:[3000000]"
+    assert result.as_numpy("kind").tolist() == [b"ndarray:float32:[3000000]"]
 
 
 def _typed_request(model: str, name: str, datatype: str, shape: list[int], **contents: Any) -> Any:

@@ -1,14 +1,16 @@
 //! rustserve as the Open Inference Protocol (KServe v2) sees it, shared by the REST and gRPC front doors.
 //!
 //! Every method is a v2 model named `{servable}.{method}`; a servable version with exactly one method also answers
-//! as `{servable}`. Model versions are the servable's versions ("" = newest). A method is *batchable* when it has
-//! at least one model stage and every model stage's model has a batch dimension; then dim 0 of every v2 input is
-//! the batch: a request of batch B becomes B MindSpore instances (so v2 clients get the same batching and padding
-//! as MindSpore clients) and the outputs are joined back on dim 0. Other methods take one instance per request,
-//! with the shapes as given. v2 has no per-instance errors: the first failed instance fails the whole request.
+//! as `{servable}`. Model versions are the servable's versions ("" = newest). A method is *batchable* when every
+//! model stage's model has a batch dimension, which includes a method without model stages (Python stages only);
+//! then dim 0 of every v2 input is the batch: a request of batch B becomes B MindSpore instances (so v2 clients get
+//! the same batching and padding as MindSpore clients) and the outputs are joined back on dim 0. Methods with a
+//! `with_batch_dim=False` model take one instance per request, with the shapes as given. v2 has no per-instance
+//! errors: the first failed instance fails the whole request.
 //!
 //! Metadata: a method input that feeds a model stage takes that model input's dtype and per-instance dims; an input
-//! only Python stages read has no declared type (reported as BYTES with shape [-1]; any datatype is accepted).
+//! only Python stages read has no declared type (reported as BYTES with dims [-1] per instance, shape [-1, -1] when
+//! batchable; any datatype is accepted).
 //! Outputs a model stage produces are described likewise; others are undeclared BYTES [-1].
 
 use crate::codec::kserve::{
@@ -127,8 +129,12 @@ pub fn resolve(service: &Service, model: &str, version: &str) -> Result<Resolved
     }
 }
 
-/// The v2 `max_batch_size` of a method: the smallest batch size of its models when every model stage batches, 0
-/// when it is not batchable (see the module docs).
+/// The v2 `max_batch_size` a method without model stages reports: the default rows per run of a symbolic batch
+/// dimension. Like a model's, it is what runs together, not a limit: a request may carry up to `MAX_BATCH` rows.
+pub const PYTHON_ONLY_MAX_BATCH_SIZE: usize = crate::batching::DEFAULT_MAX_BATCH_SIZE;
+
+/// The v2 `max_batch_size` of a method: the smallest batch size of its models when every model stage batches,
+/// `PYTHON_ONLY_MAX_BATCH_SIZE` without model stages, 0 when it is not batchable (see the module docs).
 pub fn max_batch_size(plan: &MethodPlan) -> usize {
     let mut smallest: Option<usize> = None;
     for stage in &plan.spec.stages {
@@ -142,7 +148,18 @@ pub fn max_batch_size(plan: &MethodPlan) -> usize {
             smallest = Some(smallest.map_or(queue.batch_size(), |s| s.min(queue.batch_size())));
         }
     }
-    smallest.unwrap_or(0)
+    smallest.unwrap_or(PYTHON_ONLY_MAX_BATCH_SIZE)
+}
+
+/// Whether a method's requests are batched together in model queues (v2 `dynamic_batching`): it batches and has
+/// a model stage.
+fn batches_in_model_queues(plan: &MethodPlan) -> bool {
+    max_batch_size(plan) > 0
+        && plan
+            .spec
+            .stages
+            .iter()
+            .any(|stage| matches!(stage.kind, StageKind::Model { .. }))
 }
 
 /// Per-instance dims of a model tensor: its file shape without the batch dimension when the model batches.
@@ -245,7 +262,7 @@ pub fn describe(service: &Service, resolved: &Resolved) -> ModelDescription {
         version: resolved.servable.version,
         versions,
         max_batch_size,
-        dynamic_batching: max_batch_size > 0,
+        dynamic_batching: batches_in_model_queues(plan),
         inputs: (0..plan.spec.inputs.len()).map(|i| input_meta(plan, i)).collect(),
         outputs: (0..plan.output_names.len()).map(|i| output_meta(plan, i)).collect(),
         model_files,
