@@ -13,6 +13,8 @@ __all__ = [
     "__version__",
     "init_logging",
     "init_onnxruntime",
+    "log",
+    "log_format",
     "model_call",
     "onnx_signature",
     "run_worker",
@@ -107,8 +109,18 @@ class Server:
 def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """Runs a declared model on per-instance inputs through its batcher (used by `Model.call`)."""
 
-def init_logging(level: str = "info") -> None:
-    """Routes rustserve's log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); first call wins."""
+def init_logging(level: str = "info", format: str = "text") -> None:
+    """Routes rustserve's log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); first call wins.
+
+    `format` is "text" (colour only when stderr is a terminal) or "json" (one object per line: timestamp, level,
+    target, message and the event's fields); anything else raises ValueError.
+    """
+
+def log_format() -> str:
+    """The format the installed log lines take: "text" or "json" ("text" before `init_logging`)."""
+
+def log(level: str, message: str) -> None:
+    """Logs one line (target `rustserve`) through the installed subscriber; level: error, warn, info, debug, trace."""
 
 def run_worker(
     socket_path: str,

@@ -115,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-level", default="info", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default info)")
     start.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="stderr lines as text (colour only on a terminal) or as one JSON object per line (default text)",
+    )
+    start.add_argument(
         "--max-msg-mb-size",
         type=int,
         default=defaults["max_msg_mb_size"],
@@ -279,6 +285,8 @@ def _load_servables(srv: Server, args: argparse.Namespace, directory: str, names
     Raises:
         RuntimeError: With `--strict`, the first failure; without it, only when no servable loaded at all.
     """
+    from rustserve.server import _log
+
     specs: list[ServableSpec] = []
     failures: list[str] = []
     for name in names:
@@ -297,7 +305,7 @@ def _load_servables(srv: Server, args: argparse.Namespace, directory: str, names
             failures.append(name)
             # The index shows the reason to clients: without the directory's absolute path (stderr keeps it).
             srv.set_load_failure(directory, name, exc)
-            print(f"rustserve: error: servable '{name}' not served: {exc}", file=sys.stderr, flush=True)
+            _log.stderr(f"rustserve: error: servable '{name}' not served: {exc}", "error")
             continue
         specs.extend(versions)
     if failures and not specs:
@@ -309,6 +317,8 @@ def _print_start_report(
     args: argparse.Namespace, specs: Sequence[ServableSpec], listeners: Sequence[str], seconds: float
 ) -> None:
     """The ready line on stdout, then what is served and where on stderr."""
+    from rustserve.server import _log
+
     versions = ", ".join(f"{spec['name']} v{spec['version']}" for spec in specs)
     # NOTE: scripts and tests wait for this one stdout line ("rustserve: serving"); the details for people go to
     # stderr, next to the log, so stdout stays one line per event.
@@ -330,18 +340,19 @@ def _print_start_report(
         lines.append(f"  KServe v2: http://{args.rest}/v2/models/<servable>.<method>/infer; health /v2/health/ready")
         lines.append(f"  metrics: http://{args.rest}/metrics")
     lines.append("  stop with Ctrl-C (SIGINT) or SIGTERM")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    _log.stderr("\n".join(lines))
 
 
 def _start(args: argparse.Namespace) -> int:
     from rustserve import server
+    from rustserve.server import _log
 
     directory = os.path.abspath(args.dir)
     started = time.monotonic()
     srv = server.Server()
     try:
         srv.serve_in_foreground()
-        srv.set_log_level(args.log_level)
+        srv.set_log_level(args.log_level, args.log_format)
         names = args.servable or srv.servable_names(directory)
         if not names:
             raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
@@ -392,7 +403,7 @@ def _start(args: argparse.Namespace) -> int:
             listeners.append(f"REST {args.rest}")
     except Exception as exc:
         srv.stop()
-        print(f"rustserve: error: {exc}", file=sys.stderr, flush=True)
+        _log.stderr(f"rustserve: error: {exc}", "error")
         return 1
 
     _print_start_report(args, specs, listeners, time.monotonic() - started)

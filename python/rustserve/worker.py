@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--servable", required=True, help="the servable name")
     parser.add_argument("--version", type=int, default=0, help="the servable version (for process listings only)")
     parser.add_argument("--log-level", default="warn", help="log filter, as for `rustserve start`")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="as for `rustserve start`")
     return parser
 
 
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group; the server stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     native: Any = importlib.import_module("rustserve._rustserve")
-    native.init_logging(args.log_level)
+    native.init_logging(args.log_level, args.log_format)
     try:
         functions = stage_functions(args.directory, args.servable)
     except Exception as exc:

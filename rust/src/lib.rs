@@ -33,7 +33,9 @@ fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::server::PyServer>()?;
     m.add_function(wrap_pyfunction!(python::server::init_onnxruntime, m)?)?;
     m.add_function(wrap_pyfunction!(python::server::onnx_signature, m)?)?;
-    m.add_function(wrap_pyfunction!(python::server::init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(python::logging::init_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(python::logging::log_format, m)?)?;
+    m.add_function(wrap_pyfunction!(python::logging::log, m)?)?;
     m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
     m.add_function(wrap_pyfunction!(python::worker_loop::run_worker, m)?)?;
     m.add("RustServeError", py.get_type::<python::RustServeError>())?;

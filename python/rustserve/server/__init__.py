@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType, ModuleType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from rustserve.server import register
+from rustserve.server import _log, register
 from rustserve.server._loader import DeviceType, ServableLoader, discover_servables, newest_version_number
 from rustserve.server._spec import ServableSpec
 from rustserve.server.register import _check_and_as_int_tuple_list, _check_bool, _check_int, _check_str
@@ -555,14 +555,20 @@ class Server:
                 raise RuntimeError("the I/O thread count must be set before the server starts")
             self._io_threads = count
 
-    def set_log_level(self, level: str) -> None:
+    def set_log_level(self, level: str, log_format: str = "text") -> None:
         """Routes the native log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); the first call
-        in a process wins (a server started without one logs warnings and errors).
+        in a process wins (a server started without one logs warnings and errors, as text).
 
         Args:
             level: error, warn, info, debug, trace or a RUST_LOG-style filter.
+            log_format: "text" (colour only when stderr is a terminal) or "json": one object per line with
+                timestamp, level, target, message and the event's fields; the `rustserve` logger's records and the
+                lines `rustserve start` writes to stderr take it too.
+
+        Raises:
+            ValueError: `log_format` is neither "text" nor "json".
         """
-        _native().init_logging(level)
+        _log.configure(level, log_format)
 
     # --- servables -----------------------------------------------------------------------------------------------
 

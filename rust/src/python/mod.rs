@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod gil_thread;
+pub mod logging;
 pub mod server;
 pub mod spec;
 pub mod stages;

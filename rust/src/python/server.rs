@@ -379,6 +379,7 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
             return Err(ServeError::Config(empty.into()).into());
         }
         let log_level = tracing::level_filters::LevelFilter::current().to_string();
+        let log_format = super::logging::current_format().name();
         plans.push(WorkerPlan {
             config: WorkerConfig {
                 python: PathBuf::from(python),
@@ -388,6 +389,7 @@ fn worker_plans(py: Python<'_>, specs: &[ServableSpec], settings: &[WorkerSettin
                 number: 0,
                 functions: entries,
                 log_level,
+                log_format,
             },
             count,
             functions,
@@ -620,20 +622,4 @@ pub fn onnx_signature<'py>(py: Python<'py>, model_path: &str) -> PyResult<Bound<
     out.set_item("inputs", describe(&signature.inputs)?)?;
     out.set_item("outputs", describe(&signature.outputs)?)?;
     Ok(out)
-}
-
-/// Routes rustserve's (and ONNX Runtime's) log lines to stderr; `level` is a `RUST_LOG`-style filter, which
-/// the `RUST_LOG` environment variable overrides. Only the first call has an effect.
-#[pyfunction]
-#[pyo3(signature = (level = "info"))]
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colour only for a person at a terminal: collectors and files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
 }

@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     pub functions: Vec<FunctionEntry>,
     /// `rustserve._rustserve.init_logging` level for the worker.
     pub log_level: String,
+    /// `init_logging` format for the worker: "text" or "json".
+    pub log_format: &'static str,
 }
 
 impl WorkerConfig {
@@ -356,6 +358,7 @@ impl Process {
             .arg(&config.directory)
             .args(["--servable", &config.servable, "--version", &config.version.to_string()])
             .args(["--log-level", &config.log_level])
+            .args(["--log-format", config.log_format])
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| io_error(&format!("cannot run '{}'", config.python.display()), e))?;
