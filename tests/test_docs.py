@@ -33,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +214,74 @@ def test_configuration_reference_covers_every_cli_option() -> None:
                 if option not in ("-h", "--help") and f"`{option}" not in reference:
                     missing.append(f"rustserve {name} {option}")
     assert not missing, missing
+
+
+INSTALL = re.compile(r'pip install "\.\[([\w,-]+)\]"')
+
+
+def _named_extras(page: Path) -> list[str]:
+    """The extras of the first `pip install ".[...]"` on a page."""
+    match = INSTALL.search(page.read_text())
+    assert match, f'{page.relative_to(ROOT)} names no `pip install ".[...]"`'
+    return match.group(1).split(",")
+
+
+def _distributions(extras: Sequence[str]) -> set[str]:
+    """The distributions that `pip install ".[extras]"` asks for by name: the package's dependencies, those extras'
+    and rustserve itself (normalised names; what they pull in on their own is not counted on)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += project["optional-dependencies"][extra]
+    return {canonicalize_name(project["name"])} | {canonicalize_name(Requirement(r).name) for r in requirements}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Every module a script imports anywhere (function bodies included), by its top-level name."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_examples_need_only_what_the_readmes_install() -> None:
+    """The README's command 1 and examples/README.md install the same extras, and every module that a script under
+    examples/ imports (clients, model builders, servable configs) is the standard library's, the examples' own, or
+    from a distribution those extras name. The pages run the examples' commands in the development environment,
+    which holds more (the `dev` extra); this check stands in for a fresh environment per run (no network, no
+    minutes of pip in CI)."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    extras = _named_extras(ROOT / "README.md")
+    assert "examples" in extras and _named_extras(ROOT / "examples" / "README.md") == extras
+    allowed = _distributions(extras)
+    provides = packages_distributions()
+    scripts = sorted((ROOT / "examples").rglob("*.py"))
+    # The examples' own modules, and the package itself (an editable install has no top_level record to map it by).
+    import tomllib
+
+    package = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["maturin"]["module-name"].split(".")[0]
+    own = {path.stem for path in scripts} | {package}
+    assert len(scripts) >= 10, scripts
+    missing = []
+    for script in scripts:
+        for name in sorted(_top_level_imports(script) - own - set(sys.stdlib_module_names) - {"__future__"}):
+            dists = {canonicalize_name(d) for d in provides.get(name, [])}
+            if not dists & allowed:
+                missing.append(f"{script.relative_to(ROOT)}: {name} (from {sorted(dists) or 'nothing installed'})")
+    assert not missing, f'imports that `pip install ".[{",".join(extras)}]"` does not provide: {missing}'
 
 
 # ---------------------------------------------------------------------------------------------------------------
