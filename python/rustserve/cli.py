@@ -1,6 +1,7 @@
 """The `rustserve` command: serve a servable directory, call a method, list and check servables.
 
-* `rustserve start --dir DIR`: serves every servable and version under DIR until SIGINT/SIGTERM.
+* `rustserve start --dir DIR`: serves every servable and version under DIR until SIGINT/SIGTERM (DIR may also be one
+  servable folder, served as `--model-name`: KServe's /mnt/models).
 * `rustserve infer --servable S --method M [--version N] name=value ...`: one gRPC call to a running server,
   the result printed as JSON.
 * `rustserve list --dir DIR`: servables, versions, models and methods with input/output names, dtypes and shapes,
@@ -34,6 +35,10 @@ __all__ = ["main", "parse_assignment"]
 _REPOSITORY_KEY_ENV = "RUSTSERVE_REPOSITORY_API_KEY"
 _ADDRESS_ENV = "RUSTSERVE_GRPC_ADDRESS"  # where `infer` (and the example clients) find the server by default
 _LOG_LEVEL_HELP = "log filter: error, warn, info, debug or a RUST_LOG-style filter; RUST_LOG overrides it"
+_MODEL_NAME_HELP = (
+    "when DIR is one servable folder (servable_config.py at its root, as KServe's /mnt/models), serve it under NAME "
+    "(KServe passes {{.Name}}; default: the folder's name); a folder of servables keeps its servables' names"
+)
 
 
 def _version() -> str:
@@ -75,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--servable", action="append", metavar="NAME", help="serve only this servable (repeatable; default: all)"
     )
+    start.add_argument("--model-name", metavar="NAME", help=_MODEL_NAME_HELP)
     start.add_argument("--grpc", default=grpc_address, metavar="ADDR", help=f"gRPC address (default {grpc_address})")
     start.add_argument("--rest", default=rest_address, metavar="ADDR", help=f"REST address (default {rest_address})")
     start.add_argument("--no-grpc", action="store_true", help="do not start the gRPC server")
@@ -241,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--dir", required=True, metavar="DIR", help="the servable directory")
     listing.add_argument("--servable", action="append", metavar="NAME", help="only this servable (repeatable)")
+    listing.add_argument("--model-name", metavar="NAME", help=_MODEL_NAME_HELP)
     listing.add_argument("--json", action="store_true", help="print JSON instead of text")
     listing.add_argument("--log-level", default="warn", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default warn)")
 
@@ -253,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--dir", required=True, metavar="DIR", help="the servable directory")
     check.add_argument("--servable", action="append", metavar="NAME", help="only this servable (repeatable)")
+    check.add_argument("--model-name", metavar="NAME", help=_MODEL_NAME_HELP)
     check.add_argument("--log-level", default="warn", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default warn)")
     return parser
 
@@ -353,9 +361,7 @@ def _start(args: argparse.Namespace) -> int:
     try:
         srv.serve_in_foreground()
         srv.set_log_level(args.log_level, args.log_format)
-        names = args.servable or srv.servable_names(directory)
-        if not names:
-            raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
+        names = _servable_names(args, directory)
         if not 0 <= args.num_parallel_workers <= 64:
             raise RuntimeError(f"--num-parallel-workers must be in [0, 64], got {args.num_parallel_workers}")
         if not 0 <= args.io_threads <= 64:
@@ -626,8 +632,18 @@ def _model_line(model: dict[str, Any]) -> str:
 
 
 def _servable_names(args: argparse.Namespace, directory: str) -> list[str]:
-    from rustserve.server import Server
+    """The servables to load: those of `--servable`, else every one of DIR; DIR itself (named `--model-name`) when it
+    is one servable folder."""
+    from rustserve.server import Server, _loader
 
+    model_name = args.model_name
+    if model_name is not None and (not model_name or any(char in model_name for char in "./\\")):
+        raise RuntimeError(f"--model-name must be a name without '.', '/' or '\\', got '{model_name}'")
+    if _loader.is_servable_folder(directory):
+        name = model_name or os.path.basename(directory)
+        if args.servable and name not in args.servable:
+            raise RuntimeError(f"'{directory}' is one servable, served as '{name}': --servable names none other")
+        return [name]
     names = args.servable or Server.servable_names(directory)
     if not names:
         raise RuntimeError(f"no servable found in '{directory}' (no subdirectory holds a servable_config.py)")
@@ -656,7 +672,7 @@ def _list(args: argparse.Namespace) -> int:
         return 1
     report: list[dict[str, Any]] = []
     for name in names:
-        entry: dict[str, Any] = {"name": name, "directory": os.path.join(directory, name), "versions": []}
+        entry: dict[str, Any] = {"name": name, "directory": _loader.servable_folder(directory, name), "versions": []}
         try:
             specs = _loader.ServableLoader().load_all_versions(directory, name)
             entry["versions"] = [_describe_version(dict(spec), native.onnx_signature) for spec in specs]

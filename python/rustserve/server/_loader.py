@@ -1,7 +1,10 @@
 """Loads servables from disk into `ServableSpec` dicts for the native core.
 
 A servable lives in `<servable_directory>/<name>/`: `servable_config.py` plus version directories (all-digit
-names, newest = largest) that hold the model files. The config is imported once per servable, by path, as
+names, newest = largest) that hold the model files; a servable directory with a servable_config.py at its root is
+one servable itself, served under the name its caller gives (KServe's /mnt/models and `--model-name`).
+
+The config is imported once per servable, by path, as
 `_rustserve_servables.<name>_<hash of its folder>.servable_config`: a private package whose `__path__` is the
 servable's folder, so no servable name can collide with a module (`types`, `json`, `test` ...) and relative imports
 (`from . import helper`) always work. Where the name is free, `sys.modules[<name>]` is that same package too, so
@@ -29,7 +32,15 @@ from typing import Literal, NamedTuple
 from rustserve.server import register
 from rustserve.server._spec import ModelSpec, ServableSpec
 
-__all__ = ["ServableLoader", "discover_servables", "load_all_versions", "load_servable", "newest_version_number"]
+__all__ = [
+    "ServableLoader",
+    "discover_servables",
+    "is_servable_folder",
+    "load_all_versions",
+    "load_servable",
+    "newest_version_number",
+    "servable_folder",
+]
 
 _CONFIG_FILE = "servable_config.py"
 _SERVABLE_PACKAGE_MARK = "__rustserve_servable_dir__"
@@ -38,9 +49,37 @@ _PRIVATE_ROOT = "_rustserve_servables"  # the namespace every servable's package
 DeviceType = Literal["cpu", "gpu"]
 
 
+def is_servable_folder(directory: str) -> bool:
+    """Whether `directory` is one servable itself (servable_config.py at its root), not a folder of servables.
+
+    KServe's storage initializer puts a model at /mnt/models: such a folder is served under the name the caller gives
+    (`rustserve start --model-name`), since its own name says nothing.
+
+    Args:
+        directory: The servable directory.
+
+    Returns:
+        True when `directory/servable_config.py` is a file.
+    """
+    return os.path.isfile(os.path.join(directory, _CONFIG_FILE))
+
+
+def servable_folder(directory: str, name: str) -> str:
+    """The folder of servable `name` in `directory`: `directory/name`, or `directory` itself when it is one servable.
+
+    Args:
+        directory: The servable directory.
+        name: The servable name.
+
+    Returns:
+        The folder that holds the servable's servable_config.py and version directories.
+    """
+    return directory if is_servable_folder(directory) else os.path.join(directory, name)
+
+
 def _version_dirs(directory: str, name: str) -> dict[int, str]:
     """Version number -> absolute version directory, for every all-digit directory name > 0."""
-    root = os.path.join(directory, name)
+    root = servable_folder(directory, name)
     try:
         entries = os.listdir(root)
     except OSError:
@@ -90,7 +129,7 @@ def discover_servables(directory: str) -> list[str]:
 
 
 def _check_location(directory: str, name: str) -> None:
-    config_dir = os.path.join(directory, name)
+    config_dir = servable_folder(directory, name)
     if not os.path.isdir(config_dir):
         raise RuntimeError(
             f"Load servable config failed, directory '{config_dir}' not exist, servable directory '{directory}', "
@@ -264,9 +303,9 @@ class ServableLoader:
         if cached is not None:
             return cached
 
-        if directory not in sys.path:
-            sys.path.append(directory)
-        folder = os.path.join(directory, name)
+        folder = servable_folder(directory, name)
+        if folder != directory and directory not in sys.path:
+            sys.path.append(directory)  # as MindSpore does: a config may import from the servable directory
         registry = register._Registry(name, folder)
         try:
             with register._recording(registry):
