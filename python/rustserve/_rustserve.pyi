@@ -91,6 +91,8 @@ class Server:
         """Bounds the bytes of request bodies held at once; requests past it are refused (429 / RESOURCE_EXHAUSTED)."""
     def set_drain_timeout(self, seconds: float) -> None:
         """Sets how long `stop` lets requests in flight finish, in seconds (>= 0)."""
+    def set_trace_otlp_endpoint(self, endpoint: str) -> None:
+        """Exports OpenTelemetry traces of every predict request to the OTLP/gRPC collector at `endpoint`."""
     def servables(self) -> list[tuple[str, int, list[str]]]:
         """(name, version, method names) of every loaded servable version."""
     def stop(self) -> bool:

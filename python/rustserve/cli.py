@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stderr lines as text (colour only on a terminal) or as one JSON object per line (default text)",
     )
     start.add_argument(
+        "--trace-otlp-endpoint",
+        metavar="URL",
+        help="export an OpenTelemetry trace of every predict request to this OTLP/gRPC collector, "
+        "e.g. http://127.0.0.1:4317 (default: no traces)",
+    )
+    start.add_argument(
         "--max-msg-mb-size",
         type=int,
         default=defaults["max_msg_mb_size"],
@@ -388,6 +394,8 @@ def _start(args: argparse.Namespace) -> int:
         srv.set_max_queued_python_calls(args.max_queued_python_calls)
         srv.set_connection_limits(args.max_connections, args.connection_idle_timeout_s)
         srv.set_max_in_flight_mb(args.max_in_flight_mb)
+        if args.trace_otlp_endpoint:
+            srv.set_trace_otlp_endpoint(args.trace_otlp_endpoint)
         specs = _load_servables(srv, args, directory, names)
         if args.model_control_mode == "explicit":
             # The Open Inference Protocol's repository extension loads / unloads the servables of DIR at run time.

@@ -18,6 +18,7 @@ pub mod servable;
 pub mod service;
 pub mod spec;
 pub mod tensor;
+pub mod trace;
 pub mod workers;
 
 use pyo3::prelude::*;

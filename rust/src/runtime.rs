@@ -44,7 +44,12 @@ pub struct ServerRuntime {
     tasks: Mutex<Vec<(Listener, JoinHandle<()>)>>,
     drain_timeout: Mutex<Duration>,
     connection_limits: Mutex<listen::Limits>,
+    /// The OTLP trace exporter, when `--trace-otlp-endpoint` is set; flushed by `stop` before the runtime ends.
+    traces: Mutex<Option<crate::trace::Exporter>>,
 }
+
+/// How long `stop` waits for the spans still queued to be exported (the collector may be gone).
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves gRPC on `incoming` until `stop`.
 async fn serve_grpc<S>(
@@ -116,7 +121,20 @@ impl ServerRuntime {
             tasks: Mutex::default(),
             drain_timeout: Mutex::new(DRAIN_TIMEOUT),
             connection_limits: Mutex::new(listen::Limits::default()),
+            traces: Mutex::default(),
         })
+    }
+
+    /// Exports a span tree per predict request to the OTLP/gRPC collector at `endpoint` from now on. The exporter's
+    /// gRPC channel runs on this runtime; its batch span processor has its own thread, so requests never wait for it.
+    pub fn enable_traces(&self, endpoint: &str) -> Result<(), ServeError> {
+        let mut traces = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if traces.is_some() {
+            return Err(ServeError::Config("this server exports traces already".into()));
+        }
+        let _entered = self.handle.enter();
+        *traces = Some(crate::trace::Exporter::install(endpoint)?);
+        Ok(())
     }
 
     /// Sets how long `stop` lets requests in flight finish.
@@ -358,6 +376,15 @@ impl ServerRuntime {
             }
             drained
         });
+        // After the drain (the last requests' spans are queued), before the runtime that carries the export ends.
+        let traces = self
+            .traces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(traces) = traces {
+            traces.shutdown(TRACE_FLUSH_TIMEOUT);
+        }
         runtime.shutdown_timeout(Duration::from_secs(1));
         drained
     }

@@ -359,6 +359,7 @@ impl Service {
             started,
         } = arrival;
         let stats = self.method_stats(servable, plan);
+        crate::trace::set_target(&servable.name, &plan.spec.name, servable.version);
         let count = instances.len();
         let python_ns = Arc::new(AtomicU64::new(0));
         let reply = PYTHON_NS
@@ -411,6 +412,15 @@ impl Service {
             PredictReply::Failed(_) => false,
             PredictReply::Instances { results, .. } => results.iter().all(Result::is_ok),
         };
+        if !ok && crate::trace::enabled() {
+            let failed = match &reply {
+                PredictReply::Failed(err) => Some(err),
+                PredictReply::Instances { results, .. } => results.iter().find_map(|r| r.as_ref().err()),
+            };
+            if let Some(err) = failed {
+                crate::trace::set_error(err.message());
+            }
+        }
         stats.record(&RequestRecord {
             protocol,
             instances: count,

@@ -814,6 +814,25 @@ class Server:
         self._server().set_drain_timeout(seconds)
         self._drain_timeout_s = seconds
 
+    def set_trace_otlp_endpoint(self, endpoint: str) -> None:
+        """Exports an OpenTelemetry trace of every predict request to an OTLP/gRPC collector (`rustserve start
+        --trace-otlp-endpoint`); off until called.
+
+        Each request is a `rustserve.request` span (the child of the W3C `traceparent` the client sent, as an HTTP
+        header or gRPC metadata) with child spans for decode, each stage and encode; spans leave from a background
+        thread in batches, and `stop` flushes what is queued (waiting at most a second).
+
+        Args:
+            endpoint: The collector's URL, `http://host:4317` (or `https://`).
+
+        Raises:
+            ServerStartError: The endpoint is not an http(s) URL, or this server exports traces already.
+
+        Example:
+            >>> server.set_trace_otlp_endpoint("http://127.0.0.1:4317")  # doctest: +SKIP
+        """
+        self._server().set_trace_otlp_endpoint(endpoint)
+
     def set_connection_limits(self, max_connections: int | None = None, idle_timeout: float | None = None) -> None:
         """Sets, for the listeners started after this call, how many connections each keeps open at once (further ones
         wait in the kernel's backlog) and how long a connection that has sent nothing (no HTTP/2 preface, no request)

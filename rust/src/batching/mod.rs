@@ -81,6 +81,36 @@ pub struct BatchRun {
     pub ok: bool,
 }
 
+/// The batch a traced request's instances first ran in (see `ModelQueue::infer_all_noted`): set once, by the batch
+/// thread that runs the first of them.
+#[derive(Debug, Default)]
+pub struct BatchNote {
+    taken: AtomicBool,
+    size: AtomicUsize,
+    wait_ns: AtomicU64,
+}
+
+impl BatchNote {
+    /// Records a batch of `size` instances in which the request's instance waited `wait`; only the first call counts.
+    fn note(&self, size: usize, wait: Duration) {
+        if !self.taken.swap(true, Ordering::AcqRel) {
+            self.size.store(size, Ordering::Relaxed);
+            self.wait_ns
+                .store(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// (instances in the batch, queue wait of the request's instance), once a batch ran.
+    pub fn batch(&self) -> Option<(usize, Duration)> {
+        self.taken.load(Ordering::Acquire).then(|| {
+            (
+                self.size.load(Ordering::Relaxed),
+                Duration::from_nanos(self.wait_ns.load(Ordering::Relaxed)),
+            )
+        })
+    }
+}
+
 /// Receives one call per batch a model queue runs. Implemented by `metrics::ModelStats`; a batching queue that
 /// holds one calls it from its batch thread (cheap: a few atomic adds and histogram locks).
 pub trait BatchObserver: Send + Sync {
@@ -112,6 +142,8 @@ struct Job {
     reply: oneshot::Sender<InstanceResult>,
     /// Arrival time, for `max_queue_delay` (measured from the oldest instance of a batch).
     queued_at: Instant,
+    /// Set only for traced requests: where the batch this instance ran in is noted.
+    note: Option<Arc<BatchNote>>,
 }
 
 enum Msg {
@@ -257,6 +289,15 @@ impl ModelQueue {
     /// Check failures are returned at once as `ServeError::InvalidInput` with MindSpore's texts. Dropping the
     /// receiver cancels the instance if it has not run yet.
     pub fn submit(&self, inputs: Vec<Tensor>) -> Result<oneshot::Receiver<InstanceResult>, ServeError> {
+        self.submit_noted(inputs, None)
+    }
+
+    /// `submit`, noting the batch the instance runs in into `note` (traced requests).
+    fn submit_noted(
+        &self,
+        inputs: Vec<Tensor>,
+        note: Option<&Arc<BatchNote>>,
+    ) -> Result<oneshot::Receiver<InstanceResult>, ServeError> {
         let CheckedInstance { inputs, key } = self.core.plan.check_instance(inputs)?;
         let (reply, rx) = oneshot::channel();
         self.core.depth.fetch_add(1, Ordering::Relaxed);
@@ -265,6 +306,7 @@ impl ModelQueue {
             key,
             reply,
             queued_at: Instant::now(),
+            note: note.cloned(),
         };
         if self.tx.send(Msg::Job(job)).is_err() {
             self.core.depth.fetch_sub(1, Ordering::Relaxed);
@@ -276,26 +318,48 @@ impl ModelQueue {
     /// Runs one instance (inputs in model input order) and returns its outputs (model output order), batched with
     /// whatever else is queued for this model. Cancel-safe: dropping the future drops the instance.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> InstanceResult {
-        let rx = self.submit(inputs)?;
+        self.infer_noted(inputs, None).await
+    }
+
+    async fn infer_noted(&self, inputs: Vec<Tensor>, note: Option<&Arc<BatchNote>>) -> InstanceResult {
+        let rx = self.submit_noted(inputs, note)?;
         rx.await.unwrap_or_else(|_| Err(self.stopped()))
     }
 
     /// Runs the instances of one request (see `infer`), answering in order. A lone instance of a fast model without
     /// a batch dimension may run on the calling thread instead (see `try_inline`); several always go through the
     /// queue, so one large request cannot hold the calling (I/O) thread.
-    pub async fn infer_all(&self, mut instances: Vec<Vec<Tensor>>) -> Vec<InstanceResult> {
+    pub async fn infer_all(&self, instances: Vec<Vec<Tensor>>) -> Vec<InstanceResult> {
+        self.infer_all_noted(instances, None).await
+    }
+
+    /// `infer_all`, noting in `note` the batch the first of the instances to run ran in (a traced request's model
+    /// stage span reports it).
+    pub async fn infer_all_noted(
+        &self,
+        mut instances: Vec<Vec<Tensor>>,
+        note: Option<&Arc<BatchNote>>,
+    ) -> Vec<InstanceResult> {
         if instances.len() == 1 {
             let inputs = instances.pop().expect("one instance");
             let result = match self.try_inline(inputs) {
-                Ok(result) => result,
-                Err(inputs) => self.infer(inputs).await,
+                Ok(result) => {
+                    if let Some(note) = note {
+                        note.note(1, Duration::ZERO);
+                    }
+                    result
+                }
+                Err(inputs) => self.infer_noted(inputs, note).await,
             };
             return vec![result];
         }
         // NOTE: every instance is queued first, then the answers are awaited in order: one future for the request.
         // A join of one future per instance spent its time in FuturesUnordered re-waking itself once tokio's
         // cooperative budget ran out (250k instances: 40 s of I/O-thread CPU instead of 2.5 s).
-        let queued: Vec<_> = instances.into_iter().map(|inputs| self.submit(inputs)).collect();
+        let queued: Vec<_> = instances
+            .into_iter()
+            .map(|inputs| self.submit_noted(inputs, note))
+            .collect();
         let mut results = Vec::with_capacity(queued.len());
         for instance in queued {
             results.push(match instance {
@@ -566,6 +630,11 @@ impl BatchThread {
     fn run_batch(&self, batch: Vec<Job>) {
         // FIFO: the first job is the oldest of the batch.
         let queue_wait = batch.first().map_or(Duration::ZERO, |job| job.queued_at.elapsed());
+        for job in &batch {
+            if let Some(note) = &job.note {
+                note.note(batch.len(), job.queued_at.elapsed());
+            }
+        }
         let (instances, replies): (Vec<Vec<Tensor>>, Vec<oneshot::Sender<InstanceResult>>) =
             batch.into_iter().map(|job| (job.inputs, job.reply)).unzip();
         let (outcome, run) = {

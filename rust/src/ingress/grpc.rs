@@ -7,6 +7,7 @@ use crate::proto::ms::ms_service_server::{MsService, MsServiceServer};
 use crate::proto::ms::{PredictReply, PredictRequest};
 use crate::request;
 use crate::service::Service;
+use crate::trace;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -18,13 +19,26 @@ pub struct MsGrpc {
 #[tonic::async_trait]
 impl MsService for MsGrpc {
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictReply>, Status> {
+        let parent = trace::grpc_traceparent(request.metadata());
         let message = request.into_inner();
-        let spec = message.servable_spec.clone().unwrap_or_default();
-        let reply = match ms_proto::decode_request(message) {
-            Ok(decoded) => self.service.predict_via(decoded, Protocol::MindsporeGrpc).await,
-            Err(err) => request::PredictReply::Failed(err),
+        let answer = async {
+            let decoding = trace::start();
+            let spec = message.servable_spec.clone().unwrap_or_default();
+            let decoded = ms_proto::decode_request(message);
+            trace::record("rustserve.decode", decoding, Vec::new());
+            let reply = match decoded {
+                Ok(decoded) => self.service.predict_via(decoded, Protocol::MindsporeGrpc).await,
+                Err(err) => {
+                    trace::set_error(err.message());
+                    request::PredictReply::Failed(err)
+                }
+            };
+            let encoding = trace::start();
+            let reply = ms_proto::encode_reply(spec, &reply);
+            trace::record("rustserve.encode", encoding, Vec::new());
+            Ok(Response::new(reply))
         };
-        Ok(Response::new(ms_proto::encode_reply(spec, &reply)))
+        trace::request(Protocol::MindsporeGrpc, parent, answer).await
     }
 }
 

@@ -7,6 +7,7 @@ use crate::codec::ms_json;
 use crate::metrics::Protocol;
 use crate::request::PredictRequest;
 use crate::service::Service;
+use crate::trace;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, header};
@@ -38,6 +39,11 @@ fn json_reply(body: Vec<u8>) -> Response {
 }
 
 async fn mindspore_rest(State(state): State<RestState>, request: axum::extract::Request) -> Response {
+    let parent = trace::http_traceparent(request.headers());
+    trace::request(Protocol::MindsporeRest, parent, answer_mindspore_rest(state, request)).await
+}
+
+async fn answer_mindspore_rest(state: RestState, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     if parts.method != Method::POST {
         return json_reply(ms_json::error_body("http message only support POST right now"));
@@ -58,6 +64,7 @@ async fn mindspore_rest(State(state): State<RestState>, request: axum::extract::
                 .into_response();
         }
     };
+    let decoding = trace::start();
     let Some(bytes) = read_body(body, declared_length(&parts.headers), state.max_bytes).await else {
         return json_reply(ms_json::error_body(&format!(
             "http message is bigger than {}",
@@ -65,13 +72,21 @@ async fn mindspore_rest(State(state): State<RestState>, request: axum::extract::
         )));
     };
     let max_bytes = state.max_bytes;
-    let instances = match decode_off_io(bytes.len(), move || ms_json::decode_body(&bytes, max_bytes)).await {
+    let decoded = decode_off_io(bytes.len(), move || ms_json::decode_body(&bytes, max_bytes)).await;
+    trace::record("rustserve.decode", decoding, Vec::new());
+    let instances = match decoded {
         Ok(instances) => instances,
-        Err(err) => return json_reply(ms_json::error_body(err.message())),
+        Err(err) => {
+            trace::set_error(err.message());
+            return json_reply(ms_json::error_body(err.message()));
+        }
     };
     let reply = state
         .service
         .predict_via(PredictRequest { target, instances }, Protocol::MindsporeRest)
         .await;
-    json_reply(ms_json::encode_reply(&reply))
+    let encoding = trace::start();
+    let body = ms_json::encode_reply(&reply);
+    trace::record("rustserve.encode", encoding, Vec::new());
+    json_reply(body)
 }

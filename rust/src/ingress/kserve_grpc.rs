@@ -7,6 +7,7 @@ use crate::codec::kserve_proto::pb::grpc_inference_service_server::{GrpcInferenc
 use crate::codec::kserve_proto::{self, pb};
 use crate::metrics::Protocol;
 use crate::service::Service;
+use crate::trace;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -64,38 +65,9 @@ impl GrpcInferenceService for KserveGrpc {
     }
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        let started = Instant::now();
+        let parent = trace::grpc_traceparent(request.metadata());
         let message = request.into_inner();
-        let resolved = match kserve::resolve(&self.service, &message.model_name, &message.model_version) {
-            Ok(resolved) => resolved,
-            Err(err) => {
-                self.service.metrics.reject(Protocol::KserveGrpc);
-                return Err(status(err));
-            }
-        };
-        let request = match kserve_proto::decode_request(message) {
-            Ok(request) => request,
-            Err(e) => {
-                kserve::record_failure(&self.service, &resolved, Protocol::KserveGrpc, started.elapsed());
-                return Err(status(V2Error::bad(format!("model '{}': {e}", resolved.name))));
-            }
-        };
-        let answered = kserve::infer(
-            &self.service,
-            &resolved,
-            request,
-            Protocol::KserveGrpc,
-            started.elapsed(),
-        )
-        .await
-        .map_err(status)?;
-        let encoding = Instant::now();
-        let response = kserve_proto::encode_response(answered.response);
-        if let Some(stats) = &answered.stats {
-            // NOTE: protobuf serialisation happens in tonic after this returns; only the message build is counted.
-            stats.record_output(answered.instances, encoding.elapsed());
-        }
-        Ok(Response::new(response))
+        trace::request(Protocol::KserveGrpc, parent, self.answer_infer(message)).await
     }
 
     async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
@@ -145,6 +117,59 @@ impl GrpcInferenceService for KserveGrpc {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl KserveGrpc {
+    /// `ModelInfer` inside its trace (see `trace::request`).
+    async fn answer_infer(&self, message: pb::ModelInferRequest) -> Reply<pb::ModelInferResponse> {
+        let started = Instant::now();
+        let decoding = trace::start();
+        let resolved = match kserve::resolve(&self.service, &message.model_name, &message.model_version) {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                self.service.metrics.reject(Protocol::KserveGrpc);
+                trace::set_error(&err.message);
+                return Err(status(err));
+            }
+        };
+        trace::set_target(
+            &resolved.servable.name,
+            &resolved.plan.spec.name,
+            resolved.servable.version,
+        );
+        let decoded = kserve_proto::decode_request(message);
+        trace::record("rustserve.decode", decoding, Vec::new());
+        let request = match decoded {
+            Ok(request) => request,
+            Err(e) => {
+                kserve::record_failure(&self.service, &resolved, Protocol::KserveGrpc, started.elapsed());
+                let err = V2Error::bad(format!("model '{}': {e}", resolved.name));
+                trace::set_error(&err.message);
+                return Err(status(err));
+            }
+        };
+        let answered = kserve::infer(
+            &self.service,
+            &resolved,
+            request,
+            Protocol::KserveGrpc,
+            started.elapsed(),
+        )
+        .await
+        .map_err(|err| {
+            trace::set_error(&err.message);
+            status(err)
+        })?;
+        let encoding = Instant::now();
+        let traced_encoding = trace::start();
+        let response = kserve_proto::encode_response(answered.response);
+        trace::record("rustserve.encode", traced_encoding, Vec::new());
+        if let Some(stats) = &answered.stats {
+            // NOTE: protobuf serialisation happens in tonic after this returns; only the message build is counted.
+            stats.record_output(answered.instances, encoding.elapsed());
+        }
+        Ok(Response::new(response))
     }
 }
 

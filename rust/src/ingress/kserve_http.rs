@@ -7,6 +7,7 @@ use super::kserve::{self, Resolved, Status, V2Error};
 use crate::codec::kserve_json;
 use crate::metrics::Protocol;
 use crate::service::Service;
+use crate::trace;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -259,14 +260,31 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, V2Error> {
 }
 
 async fn run_infer(state: &V2State, model: &str, version: &str, headers: &HeaderMap, body: Body) -> Response {
+    let parent = trace::http_traceparent(headers);
+    trace::request(
+        Protocol::KserveRest,
+        parent,
+        answer_infer(state, model, version, headers, body),
+    )
+    .await
+}
+
+async fn answer_infer(state: &V2State, model: &str, version: &str, headers: &HeaderMap, body: Body) -> Response {
     let started = Instant::now();
+    let decoding = trace::start();
     let resolved = match kserve::resolve(&state.service, model, version) {
         Ok(resolved) => resolved,
         Err(err) => {
             state.service.metrics.reject(Protocol::KserveRest);
+            trace::set_error(&err.message);
             return error(&err);
         }
     };
+    trace::set_target(
+        &resolved.servable.name,
+        &resolved.plan.spec.name,
+        resolved.servable.version,
+    );
     let _held = match super::body::take_body_bytes(&state.service, headers, state.max_bytes) {
         Ok(held) => held,
         Err(text) => return error(&V2Error::new(Status::TooMany, text)),
@@ -278,20 +296,27 @@ async fn run_infer(state: &V2State, model: &str, version: &str, headers: &Header
         decoded.await.map_err(|e| V2Error::bad(format!("model '{model}': {e}")))
     }
     .await;
+    trace::record("rustserve.decode", decoding, Vec::new());
     let request = match decoded {
         Ok(request) => request,
         Err(err) => {
             kserve::record_failure(&state.service, &resolved, Protocol::KserveRest, started.elapsed());
+            trace::set_error(&err.message);
             return error(&err);
         }
     };
     let decode = started.elapsed();
     let answered = match kserve::infer(&state.service, &resolved, request, Protocol::KserveRest, decode).await {
         Ok(answered) => answered,
-        Err(err) => return error(&err),
+        Err(err) => {
+            trace::set_error(&err.message);
+            return error(&err);
+        }
     };
     let encoding = Instant::now();
+    let traced_encoding = trace::start();
     let (body, json_length) = kserve_json::encode_response(&answered.response);
+    trace::record("rustserve.encode", traced_encoding, Vec::new());
     if let Some(stats) = &answered.stats {
         stats.record_output(answered.instances, encoding.elapsed());
     }

@@ -3,13 +3,14 @@
 //! other requests; a Python stage is one job on the GIL thread). An instance that fails drops out and keeps
 //! its error; the others go on.
 
-use crate::batching::ModelQueue;
+use crate::batching::{BatchNote, ModelQueue};
 use crate::error::ServeError;
 use crate::metrics::StuckCall;
 use crate::request::InstanceResult;
 use crate::spec::{FunctionId, MethodSpec, Source, StageKind};
 use crate::tensor::Tensor;
 use futures::future::BoxFuture;
+use opentelemetry::KeyValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -147,30 +148,7 @@ pub async fn run_method(
                     .collect()
             })
             .collect();
-        let results = match &stage.kind {
-            StageKind::Model { model, subgraph } => match plan.models.queue(*model, *subgraph) {
-                Some(queue) => queue.infer_all(inputs).await,
-                None => vec![Err(ServeError::Internal(format!("model {model} is not loaded"))); alive.len()],
-            },
-            StageKind::Function {
-                function,
-                name,
-                batch_size,
-            } => {
-                let call = FunctionCall {
-                    function: *function,
-                    name: name.clone(),
-                    tag: stage.tag.clone(),
-                    method: plan.spec.name.clone(),
-                    stage_index: k + 1,
-                    outputs_count: stage.outputs_count,
-                    batch_size: *batch_size,
-                    instances: inputs,
-                    models: plan.models.clone(),
-                };
-                python.submit(call).await
-            }
-        };
+        let results = run_stage(plan, python, k, inputs).await;
         if results.len() != alive.len() {
             let err = ServeError::Internal(format!(
                 "stage {} answered {} results for {} instances",
@@ -209,6 +187,82 @@ pub async fn run_method(
             None => Ok(method_outputs(plan, &last_reads, &mut vals)),
         })
         .collect()
+}
+
+/// Runs stage `k` of `plan` for the live instances' `inputs`; inside a traced request, records the stage's span.
+async fn run_stage(
+    plan: &MethodPlan,
+    python: &dyn PythonStages,
+    k: usize,
+    inputs: Vec<Vec<Tensor>>,
+) -> Vec<InstanceResult> {
+    let stage = &plan.spec.stages[k];
+    let count = inputs.len();
+    let traced = crate::trace::start();
+    match &stage.kind {
+        StageKind::Model { model, subgraph } => match plan.models.queue(*model, *subgraph) {
+            Some(queue) => {
+                let note = traced.map(|_| Arc::new(BatchNote::default()));
+                let results = queue.infer_all_noted(inputs, note.as_ref()).await;
+                crate::trace::record_with("rustserve.stage.model", traced, || {
+                    model_stage_attributes(k, queue, *subgraph, count, note.as_deref())
+                });
+                results
+            }
+            None => vec![Err(ServeError::Internal(format!("model {model} is not loaded"))); count],
+        },
+        StageKind::Function {
+            function,
+            name,
+            batch_size,
+        } => {
+            let call = FunctionCall {
+                function: *function,
+                name: name.clone(),
+                tag: stage.tag.clone(),
+                method: plan.spec.name.clone(),
+                stage_index: k + 1,
+                outputs_count: stage.outputs_count,
+                batch_size: *batch_size,
+                instances: inputs,
+                models: plan.models.clone(),
+            };
+            let results = python.submit(call).await;
+            crate::trace::record_with("rustserve.stage.python", traced, || {
+                vec![
+                    KeyValue::new("rustserve.stage.index", (k + 1) as i64),
+                    KeyValue::new("rustserve.function", name.clone()),
+                    KeyValue::new("rustserve.instances", count as i64),
+                ]
+            });
+            results
+        }
+    }
+}
+
+/// A model stage span's attributes: the model file (its name only), the request's instances, and the batch the first
+/// of them ran in (its size, and how long that instance waited in the model's queue).
+fn model_stage_attributes(
+    k: usize,
+    queue: &ModelQueue,
+    subgraph: usize,
+    instances: usize,
+    note: Option<&BatchNote>,
+) -> Vec<KeyValue> {
+    let model = std::path::Path::new(queue.model())
+        .file_name()
+        .map_or_else(|| queue.model().to_owned(), |name| name.to_string_lossy().into_owned());
+    let mut attributes = vec![
+        KeyValue::new("rustserve.stage.index", (k + 1) as i64),
+        KeyValue::new("rustserve.model", model),
+        KeyValue::new("rustserve.subgraph", subgraph as i64),
+        KeyValue::new("rustserve.instances", instances as i64),
+    ];
+    if let Some((size, wait)) = note.and_then(BatchNote::batch) {
+        attributes.push(KeyValue::new("rustserve.batch_size", size as i64));
+        attributes.push(KeyValue::new("rustserve.queue_wait_us", wait.as_micros() as i64));
+    }
+    attributes
 }
 
 fn method_outputs(plan: &MethodPlan, last_reads: &LastReads, values: &mut [Vec<Tensor>]) -> Vec<Tensor> {

@@ -244,6 +244,14 @@ impl PyServer {
         Ok(())
     }
 
+    /// Exports OpenTelemetry traces of every predict request to the OTLP/gRPC collector at `endpoint`
+    /// (`http://host:4317`); spans still queued are flushed by `stop` (for at most a second).
+    fn set_trace_otlp_endpoint(&self, endpoint: &str) -> PyResult<()> {
+        self.refuse_when_stopped()?;
+        self.runtime.enable_traces(endpoint).map_err(ServerStart)?;
+        Ok(())
+    }
+
     /// Sets how long `stop` lets requests in flight finish, in seconds (>= 0).
     fn set_drain_timeout(&self, seconds: f64) -> PyResult<()> {
         if seconds == 0.0 {
