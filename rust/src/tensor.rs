@@ -167,7 +167,9 @@ impl Tensor {
         let count = element_count(&shape).ok_or_else(|| format!("invalid shape {shape:?}"))?;
         match (&data, dtype.is_variable()) {
             (TensorData::Raw(raw), false) => {
-                let expected = count * dtype.item_size();
+                let expected = count
+                    .checked_mul(dtype.item_size())
+                    .ok_or_else(|| format!("invalid shape {shape:?} (the byte size overflows)"))?;
                 if raw.len() != expected {
                     return Err(format!(
                         "data size {} does not match shape {shape:?} of {dtype} ({expected} bytes expected)",
@@ -322,7 +324,8 @@ impl NamedInstance {
         NamedInstance::default()
     }
 
-    /// Adds or replaces `name`; answers the tensor it replaced.
+    /// Adds or replaces `name`; answers the tensor it replaced. Linear in the names held: for building an instance
+    /// from many names at once, collect it from an iterator instead.
     pub fn insert(&mut self, name: String, tensor: Tensor) -> Option<Tensor> {
         if let Some((_, slot)) = self.0.iter_mut().find(|(n, _)| *n == name) {
             return Some(std::mem::replace(slot, tensor));
@@ -358,14 +361,20 @@ impl NamedInstance {
     }
 }
 
+/// A repeated name keeps its last tensor. Linear in the number of names, however many a client sends.
 impl FromIterator<(String, Tensor)> for NamedInstance {
     fn from_iter<I: IntoIterator<Item = (String, Tensor)>>(pairs: I) -> NamedInstance {
-        let pairs = pairs.into_iter();
-        let mut instance = NamedInstance(Vec::with_capacity(pairs.size_hint().0));
-        for (name, tensor) in pairs {
-            instance.insert(name, tensor);
+        let mut pairs: Vec<(String, Tensor)> = pairs.into_iter().collect();
+        if pairs.len() > 1 {
+            // From the end, so the first sighting of a name is its last occurrence.
+            let keep: Vec<bool> = {
+                let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+                pairs.iter().rev().map(|(name, _)| seen.insert(name.as_str())).collect()
+            };
+            let mut keep = keep.into_iter().rev();
+            pairs.retain(|_| keep.next().unwrap_or(true));
         }
-        instance
+        NamedInstance(pairs)
     }
 }
 
@@ -389,6 +398,24 @@ impl IntoIterator for NamedInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_names_keep_the_last_of_a_repeat() {
+        // 60k names: linear, where one insert per name (a search each) took minutes.
+        let pairs = (0..60_000).map(|i| (format!("n{}", i % 50_000), Tensor::scalar_string(i.to_string())));
+        let instance: NamedInstance = pairs.collect();
+        assert_eq!(instance.len(), 50_000);
+        assert_eq!(instance.get("n7"), Some(&Tensor::scalar_string("50007")));
+        assert_eq!(instance.get("n49999"), Some(&Tensor::scalar_string("49999")));
+        let order: Vec<&String> = instance.keys().take(2).collect();
+        assert_eq!(order, ["n10000", "n10001"]);
+    }
+
+    #[test]
+    fn a_byte_size_that_overflows_is_refused() {
+        let err = Tensor::new(DType::Float64, vec![1 << 61], TensorData::Raw(Bytes::new())).unwrap_err();
+        assert!(err.contains("overflows"), "{err}");
+    }
 
     #[test]
     fn proto_numbers_round_trip() {

@@ -356,7 +356,8 @@ pub fn split_batch(inputs: Vec<InferInput>) -> Result<Vec<NamedInstance>, String
         ));
     }
     let batch = usize::try_from(batch).map_err(|_| format!("the batch size {batch} does not fit in memory"))?;
-    let mut instances: Vec<NamedInstance> = (0..batch).map(|_| NamedInstance::new()).collect();
+    let names = inputs.len();
+    let mut instances: Vec<Vec<(String, Tensor)>> = (0..batch).map(|_| Vec::with_capacity(names)).collect();
     for input in inputs {
         let row_shape = input.tensor.shape[1..].to_vec();
         let per_row = element_count(&row_shape).unwrap_or(0);
@@ -369,7 +370,7 @@ pub fn split_batch(inputs: Vec<InferInput>) -> Result<Vec<NamedInstance>, String
                         shape: row_shape.clone(),
                         data: TensorData::Raw(raw.slice(i * row_bytes..(i + 1) * row_bytes)),
                     };
-                    instance.insert(input.name.clone(), tensor);
+                    instance.push((input.name.clone(), tensor));
                 }
             }
             TensorData::Items(items) => {
@@ -379,12 +380,12 @@ pub fn split_batch(inputs: Vec<InferInput>) -> Result<Vec<NamedInstance>, String
                         shape: row_shape.clone(),
                         data: TensorData::Items(items[i * per_row..(i + 1) * per_row].to_vec()),
                     };
-                    instance.insert(input.name.clone(), tensor);
+                    instance.push((input.name.clone(), tensor));
                 }
             }
         }
     }
-    Ok(instances)
+    Ok(instances.into_iter().map(NamedInstance::from_iter).collect())
 }
 
 /// Joins per-instance outputs (one `Vec` per instance, outputs in `names` order) into batch-first tensors. Every

@@ -43,9 +43,10 @@ pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<InferRe
     };
     let mut offset = 0;
     let mut decoded: Vec<InferInput> = Vec::with_capacity(inputs.len());
+    let mut names = std::collections::HashSet::with_capacity(inputs.len());
     for input in inputs {
         let input = decode_input(input, &binary, &mut offset)?;
-        if decoded.iter().any(|d| d.name == input.name) {
+        if !names.insert(input.name.clone()) {
             return Err(format!("input '{}' is given twice", input.name));
         }
         decoded.push(input);

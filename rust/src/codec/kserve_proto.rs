@@ -44,6 +44,7 @@ pub fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, St
     }
     let mut raw = raw.into_iter();
     let mut inputs: Vec<InferInput> = Vec::with_capacity(request.inputs.len());
+    let mut names = std::collections::HashSet::with_capacity(request.inputs.len());
     for input in request.inputs {
         let what = format!("input '{}'", input.name);
         if input.parameters.contains_key("shared_memory_region") {
@@ -69,7 +70,7 @@ pub fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, St
             let contents = input.contents.unwrap_or_default();
             tensor_from_contents(&what, dtype, input.shape, contents)?
         };
-        if inputs.iter().any(|i| i.name == input.name) {
+        if !names.insert(input.name.clone()) {
             return Err(format!("{what} is given twice"));
         }
         inputs.push(InferInput {

@@ -55,6 +55,7 @@ async fn answer_mindspore_rest(state: RestState, request: axum::extract::Request
     let _held = match take_body_bytes(&state.service, &parts.headers, state.max_bytes) {
         Ok(held) => held,
         Err(text) => {
+            trace::set_error(&text);
             let body = ms_json::error_body(&text);
             return (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -66,10 +67,9 @@ async fn answer_mindspore_rest(state: RestState, request: axum::extract::Request
     };
     let decoding = trace::start();
     let Some(bytes) = read_body(body, declared_length(&parts.headers), state.max_bytes).await else {
-        return json_reply(ms_json::error_body(&format!(
-            "http message is bigger than {}",
-            state.max_bytes
-        )));
+        let text = format!("http message is bigger than {}", state.max_bytes);
+        trace::set_error(&text);
+        return json_reply(ms_json::error_body(&text));
     };
     let max_bytes = state.max_bytes;
     let decoded = decode_off_io(bytes.len(), move || ms_json::decode_body(&bytes, max_bytes)).await;

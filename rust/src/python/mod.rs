@@ -73,12 +73,23 @@ impl From<std::io::Error> for ServerStart {
 }
 
 /// Runs `f` with the GIL released and raises its error as the exception its type maps to: the one way out of a
-/// blocking native call (see polars' `enter_polars`).
+/// blocking native call (see polars' `enter_polars`). A panic in `f` becomes `RustServeError` (a RuntimeError, which
+/// MindSpore scripts catch), not pyo3's `PanicException`, a BaseException that would pass their `except`.
 pub fn detached<T, E>(py: Python<'_>, f: impl FnOnce() -> Result<T, E> + Ungil + Send) -> PyResult<T>
 where
     T: Ungil + Send,
     E: Ungil + Send,
     PyErr: From<E>,
 {
-    py.detach(f).map_err(PyErr::from)
+    match py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))) {
+        Ok(result) => result.map_err(PyErr::from),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(RustServeError::new_err(format!("internal error in rustserve: {what}")))
+        }
+    }
 }

@@ -459,7 +459,12 @@ const MAX_FDS: usize = 4;
 
 /// Sends wire bytes with file descriptors attached (SCM_RIGHTS).
 pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} fds per frame");
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS} fds per frame"),
+        ));
+    }
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(fds));
