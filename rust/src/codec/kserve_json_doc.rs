@@ -2,7 +2,9 @@
 //! elements go straight into a tensor buffer (never a `Value` tree, which costs tens of bytes per number) when the
 //! input's `datatype` and `shape` came before it, as clients write them; otherwise `data` is kept as raw text and
 //! read once those are known. Nothing is judged during the pass beyond JSON syntax: `kserve_json` checks the
-//! document afterwards, so which error a bad request gets does not depend on where its keys stand.
+//! document afterwards, so which error a bad request gets does not depend on where its keys stand. One exception: a
+//! `datatype` or `shape` given again after `data` was read is refused ("given twice"), where a parse into one `Value`
+//! map would have let the last one win.
 
 use super::kserve::{count_of, parse_datatype};
 use crate::tensor::DType;
