@@ -434,15 +434,29 @@ def _defaults() -> Mapping[str, Any]:
     return defaults
 
 
-# Signal dispositions belong to the process: the Server that installed the handlers last gets the signals.
-_signal_owner: Server | None = None
+# Signal dispositions belong to the process: one handler for every serving Server, installed with the first and
+# removed with the last, and the handlers it replaced, saved once (never our own handler, so a signal cannot loop).
+_serving: list[Server] = []
+_original_handlers: dict[int, Any] = {}
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """The SIGINT / SIGTERM handler while a server serves: passes the signal to the server that installed it."""
-    owner = _signal_owner
-    if owner is not None:
-        owner._on_signal(signum, frame)
+    """The SIGINT / SIGTERM handler while servers serve: every serving server is asked to stop."""
+    # NOTE: the handler only asks each keeper thread to stop. Stopping here, on the interrupted main thread, could
+    # wait for a lock that the interrupted code holds (an import, a print, the logging lock, ours) and never return.
+    servers = list(_serving)
+    for server in servers:
+        server._note_signal(signum)
+    if any(server._foreground for server in servers) or not threading.main_thread().is_alive():
+        return  # `rustserve start`, or a script that returned: stopping is all there is to do
+    # The main thread still runs user code: give the signal its usual effect there too.
+    previous = _original_handlers.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous in (signal.SIG_DFL, None):
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
 
 
 def _in_main_thread() -> bool:
@@ -491,7 +505,7 @@ class Server:
         self._keeper: threading.Thread | None = None
         # The signal handler wakes the keeper through this pipe: a write needs no lock the interrupted code may hold.
         self._wake: tuple[int, int] | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._handles_signals = False
         self._io_threads = 0  # 0: the native default (RUSTSERVE_IO_THREADS, else half the cores)
         self._drain_timeout_s: float | None = None  # None: the native default, read when the keeper starts
         self._stop_signal: int | None = None  # the SIGINT/SIGTERM that asked this process to stop: no restart after it
@@ -1003,37 +1017,31 @@ class Server:
             except (BlockingIOError, OSError):
                 pass  # the pipe is full: the keeper has a wake-up pending anyway
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # NOTE: the handler only asks the keeper thread to stop. Stopping here, on the interrupted main thread, could
-        # wait for a lock that the interrupted code holds (an import, a print, the logging lock, ours) and never return.
+    def _note_signal(self, signum: int) -> None:
+        """Asks this server's keeper to stop for `signum`; safe inside a signal handler (no lock)."""
         if self._stop_signal is None:
             self._stop_signal = signum
         self._wake_keeper()
-        if self._foreground or not threading.main_thread().is_alive():
-            return  # `rustserve start`, or a script that returned: stopping is all there is to do
-        # The main thread still runs user code: give the signal its usual effect there too.
-        previous = self._previous_handlers.get(signum)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_DFL:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
 
     def _install_signal_handlers(self) -> None:
-        global _signal_owner
-        if not _in_main_thread() or self._previous_handlers:
+        if not _in_main_thread() or self._handles_signals:
             return
-        _signal_owner = self
-        for signum in _SIGNALS:
-            self._previous_handlers[signum] = signal.signal(signum, _on_signal)
+        if not _serving:
+            for signum in _SIGNALS:
+                _original_handlers[signum] = signal.signal(signum, _on_signal)
+        _serving.append(self)
+        self._handles_signals = True
 
     def _restore_signal_handlers(self) -> None:
-        if not _in_main_thread():
+        if not _in_main_thread() or not self._handles_signals:
             return
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous_handlers.clear()
+        self._handles_signals = False
+        if self in _serving:
+            _serving.remove(self)
+        if not _serving:
+            for signum, handler in _original_handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            _original_handlers.clear()
 
     def _keep(self, stopped: threading.Event) -> None:
         """The keeper thread: keeps the process alive until `stopped`, and runs the stop a signal asks for."""
