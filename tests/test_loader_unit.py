@@ -347,6 +347,24 @@ def test_servable_named_like_a_module(tmp_path: Path, name: str) -> None:
     assert json.dumps([1]) == "[1]"
 
 
+def test_servable_named_like_an_installed_library_leaves_it_importable(tmp_path: Path) -> None:
+    """A servable named like an installed library that nobody imported yet (PyYAML's `yaml`, from the dev extra) does
+    not hide it: a later `import yaml` anywhere in the process gets the library. Run in a fresh interpreter, where
+    `yaml` is not imported yet."""
+    _write_relative_servable(tmp_path, "yaml")
+    script = (
+        "import sys\n"
+        "from rustserve.server import _loader\n"
+        f"(spec,) = _loader.load_servable({str(tmp_path)!r}, 'yaml')\n"
+        "assert spec['methods'][0]['stages'][0]['function'](1) == 2\n"
+        "import yaml\n"
+        "assert yaml.safe_load('a: 1') == {'a': 1}, yaml\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_sibling_and_relative_imports_give_one_module(tmp_path: Path) -> None:
     """Where the name is free, `<servable>.<module>` and `.<module>` are the same module, in either order."""
     config = RELATIVE_CONFIG.replace(

@@ -205,10 +205,25 @@ def _alias_package(name: str, package: ModuleType) -> bool:
         if not _is_servable_package(existing):
             return False
         _forget_modules(name)  # the alias of an earlier load (this servable's or a namesake's)
+    elif _importable_elsewhere(name, package):
+        return False  # an installed module not imported yet (e.g. `yaml`): `import yaml` must still find it
     _install_alias_finder()
     sys.modules[name] = package
     _ALIASES.add(name)
     return True
+
+
+def _importable_elsewhere(name: str, package: ModuleType) -> bool:
+    """Whether `import name` would find a module other than the servable: a built-in one, or one on `sys.path` outside
+    the folder that holds the servable (MindSpore appends that folder to `sys.path`, so installed modules win)."""
+    if name in sys.builtin_module_names:
+        return True
+    root = os.path.dirname(os.path.realpath(list(package.__path__)[0]))
+    paths = [p for p in sys.path if os.path.realpath(p or os.curdir) != root]
+    try:
+        return importlib.machinery.PathFinder.find_spec(name, paths) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _is_servable_package(module: object) -> bool:
