@@ -41,6 +41,23 @@ def test_chain_client_and_rest(make_client: Callable[..., Any], rest: Rest) -> N
         assert json_out["total"] == pytest.approx(float((2 * x + 9).sum()))
 
 
+@pytest.mark.parametrize("wire", ["grpc", "rest"])
+def test_stages_share_arrays_so_in_place_edits_are_seen_later(grpc: Grpc, rest: Rest, wire: str) -> None:
+    """As in MindSpore, a stage's in-place edit of a value (a method input, an array a stage returned, a model output)
+    is seen by the later stages and outputs that read it, and only within its own instance."""
+    inputs = xs(3)
+    if wire == "grpc":
+        outputs = grpc.ok(grpc.predict("pipeline", "shared_edits", [{"x": x} for x in inputs]), 3)
+    else:
+        body = rest.predict("pipeline", "shared_edits", [{"x": x.tolist()} for x in inputs])
+        outputs = [{k: np.asarray(v) for k, v in out.items()} for out in body["instances"]]
+    for out, x in zip(outputs, inputs, strict=True):
+        np.testing.assert_allclose(out["x"], x + 1)
+        np.testing.assert_allclose(out["p"], x)  # (x - 1) + 1
+        np.testing.assert_allclose(out["y"], 20 * (x + 1))
+        assert float(out["total"]) == pytest.approx(float((20 * (x + 1)).sum()))
+
+
 def test_several_methods_share_models(grpc: Grpc) -> None:
     """Methods of one servable use the same models independently: `double_only` is y = 2x."""
     inputs = xs(3)

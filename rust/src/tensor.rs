@@ -228,6 +228,19 @@ impl Tensor {
         Tensor::from_raw(T::DTYPE, shape, raw)
     }
 
+    /// Moves a numeric payload that is not aligned to its element size (a slice of a wire message) into a buffer of
+    /// its own that is, so numpy can share it with Python stages instead of copying it for each one.
+    pub fn align(&mut self) {
+        let TensorData::Raw(raw) = &self.data else { return };
+        if (raw.as_ptr() as usize).is_multiple_of(self.dtype.item_size().max(1)) {
+            return;
+        }
+        let mut words = vec![0u64; raw.len().div_ceil(8)];
+        // SAFETY: `words` spans at least `raw.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), words.as_mut_ptr().cast::<u8>(), raw.len()) };
+        self.data = TensorData::Raw(Bytes::from_owner(AlignedBytes { words, len: raw.len() }));
+    }
+
     /// Element count (1 for a scalar).
     pub fn num_elements(&self) -> usize {
         element_count(&self.shape).unwrap_or(0)
@@ -264,6 +277,19 @@ impl Tensor {
         }
         let raw = self.raw()?;
         Some(raw.chunks_exact(T::DTYPE.item_size()).map(T::read_le).collect())
+    }
+}
+
+/// Bytes held in 8-byte words, so they are aligned for every numeric dtype.
+struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment or validity requirement.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
     }
 }
 
@@ -415,6 +441,22 @@ mod tests {
     fn a_byte_size_that_overflows_is_refused() {
         let err = Tensor::new(DType::Float64, vec![1 << 61], TensorData::Raw(Bytes::new())).unwrap_err();
         assert!(err.contains("overflows"), "{err}");
+    }
+
+    #[test]
+    fn align_moves_only_unaligned_payloads() {
+        let body = Bytes::from(vec![0u8; 17]);
+        let mut unaligned = Tensor::from_raw(DType::Float64, vec![2], body.slice(1..17)).unwrap();
+        let original = unaligned.raw().unwrap().as_ptr() as usize;
+        assert_ne!(original % 8, 0, "the test needs an odd offset");
+        unaligned.align();
+        assert_eq!(unaligned.raw().unwrap().as_ptr() as usize % 8, 0);
+        assert_eq!(unaligned.raw().unwrap().as_ref(), &[0u8; 16]);
+        let mut aligned = Tensor::from_values(vec![2], &[1.5f64, 2.5]).unwrap();
+        let before = aligned.raw().unwrap().as_ptr();
+        aligned.align();
+        assert_eq!(aligned.raw().unwrap().as_ptr(), before, "an aligned payload is not copied");
+        assert_eq!(aligned.to_values::<f64>().unwrap(), vec![1.5, 2.5]);
     }
 
     #[test]

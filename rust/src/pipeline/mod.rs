@@ -137,6 +137,7 @@ pub async fn run_method(
         if alive.is_empty() {
             break;
         }
+        let shares = matches!(stage.kind, StageKind::Function { .. });
         let inputs: Vec<Vec<Tensor>> = alive
             .iter()
             .map(|&i| {
@@ -144,7 +145,14 @@ pub async fn run_method(
                     .inputs
                     .iter()
                     .enumerate()
-                    .map(|(j, src)| read(&mut values[i], *src, last_reads.stages[k][j]))
+                    .map(|(j, src)| {
+                        if shares {
+                            // Python stages get the slot's own memory (see `python::convert`): align it once here,
+                            // so the numpy array is not a copy that later readers would never see.
+                            values[i][src.stage][src.index].align();
+                        }
+                        read(&mut values[i], *src, last_reads.stages[k][j])
+                    })
                     .collect()
             })
             .collect();

@@ -1,10 +1,13 @@
-//! Python values <-> `Tensor` at the bridge, while attached. Inputs become fresh writable numpy arrays (or
-//! `str` / uint8 arrays for strings and bytes, as MindSpore passes them); outputs are copied into owned
-//! `Tensor`s before the job returns, so no Python object outlives the GIL thread's job.
+//! Python values <-> `Tensor` at the bridge, while attached. As in MindSpore, stages share memory with the pipeline
+//! instead of getting copies: an input becomes a writable numpy array over the tensor's own bytes (`str` for
+//! strings, a uint8 array per item for bytes), so an in-place edit is seen by every later reader of that value, and
+//! a returned array becomes a tensor over the array's memory, which the tensor keeps referenced. Only what cannot be
+//! shared is copied: unaligned or empty buffers, read-only, non-contiguous or byte-swapped arrays.
 
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
-use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::npyffi::{self, NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE, PY_ARRAY_API, npy_intp};
+use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -13,6 +16,8 @@ static FROMBUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASCONTIGUOUS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NP_GENERIC: PyOnceLock<Py<pyo3::types::PyType>> = PyOnceLock::new();
+/// numpy's descriptor of every numeric `DType`, in `DType::ALL` order.
+static DESCRS: PyOnceLock<Vec<Py<PyArrayDescr>>> = PyOnceLock::new();
 
 fn numpy_fn<'py>(
     py: Python<'py>,
@@ -38,7 +43,7 @@ pub fn tensor_to_py<'py>(py: Python<'py>, tensor: &Tensor) -> PyResult<Bound<'py
             // NOTE: MindSpore hands bytes to stages as a 1-D uint8 array (users call .tobytes()).
             let arrays: Vec<Bound<'py, PyAny>> = items
                 .iter()
-                .map(|b| raw_to_numpy(py, b, "uint8", &[b.len() as i64]))
+                .map(|b| bytes_to_numpy(py, b, DType::UInt8, &[b.len() as i64]))
                 .collect::<PyResult<_>>()?;
             if arrays.len() == 1 {
                 Ok(arrays.into_iter().next().expect("one item"))
@@ -46,15 +51,79 @@ pub fn tensor_to_py<'py>(py: Python<'py>, tensor: &Tensor) -> PyResult<Bound<'py
                 Ok(PyList::new(py, arrays)?.into_any())
             }
         }
-        TensorData::Raw(raw) => raw_to_numpy(py, raw, tensor.dtype.numpy_name(), &tensor.shape),
+        TensorData::Raw(raw) => bytes_to_numpy(py, raw, tensor.dtype, &tensor.shape),
+    }
+}
+
+/// Keeps a tensor's bytes alive under the numpy arrays that view them (their `base`).
+#[pyclass(frozen, module = "rustserve._native")]
+struct TensorMemory(#[allow(dead_code)] Bytes);
+
+/// A writable numpy array over `raw`'s own memory (no copy). Empty and unaligned buffers are copied instead: an
+/// empty `Bytes` may point at static memory, and unaligned arrays are slow and refused by some libraries.
+fn bytes_to_numpy<'py>(py: Python<'py>, raw: &Bytes, dtype: DType, shape: &[i64]) -> PyResult<Bound<'py, PyAny>> {
+    if raw.is_empty() || !(raw.as_ptr() as usize).is_multiple_of(dtype.item_size().max(1)) {
+        return copy_to_numpy(py, raw, dtype.numpy_name(), shape);
+    }
+    let descrs = DESCRS.get_or_try_init(py, || {
+        DType::ALL
+            .iter()
+            .map(|d| PyArrayDescr::new(py, if d.is_variable() { "uint8" } else { d.numpy_name() }).map(Bound::unbind))
+            .collect::<PyResult<Vec<_>>>()
+    })?;
+    let position = DType::ALL.iter().position(|d| *d == dtype).unwrap_or(0);
+    let descr = descrs[position].clone_ref(py).into_bound(py);
+    let mut dims: Vec<npy_intp> = shape.iter().map(|&d| d as npy_intp).collect();
+    let base = Bound::new(py, TensorMemory(raw.clone()))?;
+    // SAFETY: `raw` holds `shape`'s element count of `dtype` (the `Tensor` invariant), aligned (checked above), in
+    // heap memory that the pipeline only reads; numpy steals the descriptor reference and, through
+    // `PyArray_SetBaseObject`, the base's, which keeps that memory alive as long as the array or any view of it.
+    // The array is writable on purpose: stages share their inputs' memory as in MindSpore, and readers of a value
+    // run one after another, never while a stage that may write it runs.
+    unsafe {
+        let array = PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            npyffi::get_type_object(py, npyffi::NpyTypes::PyArray_Type),
+            descr.into_dtype_ptr(),
+            dims.len() as std::ffi::c_int,
+            dims.as_mut_ptr(),
+            std::ptr::null_mut(),
+            raw.as_ptr().cast_mut().cast(),
+            NPY_ARRAY_WRITEABLE,
+            std::ptr::null_mut(),
+        );
+        let array = Bound::from_owned_ptr_or_err(py, array)?;
+        if PY_ARRAY_API.PyArray_SetBaseObject(py, array.as_ptr().cast(), base.into_ptr()) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(array)
     }
 }
 
 /// A writable numpy array holding a copy of `raw`.
-fn raw_to_numpy<'py>(py: Python<'py>, raw: &[u8], dtype: &str, shape: &[i64]) -> PyResult<Bound<'py, PyAny>> {
+fn copy_to_numpy<'py>(py: Python<'py>, raw: &[u8], dtype: &str, shape: &[i64]) -> PyResult<Bound<'py, PyAny>> {
     let buffer = PyByteArray::new(py, raw);
     let flat = numpy_fn(py, &FROMBUFFER, "frombuffer")?.call1((buffer, dtype))?;
     flat.call_method1("reshape", (PyTuple::new(py, shape)?,))
+}
+
+/// A numpy array's memory held by a `Bytes` without a copy; the array stays referenced while the bytes live (a drop
+/// without the GIL is deferred by pyo3 to the next attach).
+struct NumpyMemory {
+    _array: Py<PyAny>,
+    data: *const u8,
+    len: usize,
+}
+
+// SAFETY: the memory is only read through `as_ref`, and `Py` is `Send`; the pointer stays valid while `_array` is
+// referenced (a referenced numpy array cannot be resized).
+unsafe impl Send for NumpyMemory {}
+
+impl AsRef<[u8]> for NumpyMemory {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `data` addresses `len` bytes of the array held in `_array` (see `numpy_bytes`).
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
 }
 
 /// The numpy (kind, itemsize) -> DType mapping; `None` for object, unicode, complex and datetime arrays.
@@ -110,19 +179,41 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
             .and_then(|f| f.call1((native,)))
             .map_err(|e| format!("cannot read numpy array: {e}"))?
     };
-    let array = contiguous.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
     let nbytes = crate::tensor::element_count(&shape).unwrap_or(0) * descr.itemsize();
-    // SAFETY: `array` is a C-contiguous, native-order numpy array with `shape`'s element count that we hold a
-    // reference to (its buffer stays alive and unmoved while attached); its data pointer addresses `nbytes` bytes.
-    let raw = unsafe {
-        let data = (*array.as_array_ptr()).fields.data as *const u8;
-        if nbytes == 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts(data, nbytes).to_vec()
-        }
+    Tensor::from_raw(
+        dtype,
+        shape,
+        numpy_bytes(&contiguous, nbytes).ok_or_else(|| illegal(obj))?,
+    )
+}
+
+/// The `nbytes` of a C-contiguous, native-order array: shared when the array is writable and aligned (so a later
+/// stage may get it as a writable input), copied otherwise (read-only arrays may view immutable memory, such as a
+/// `bytes` object's).
+fn numpy_bytes(contiguous: &Bound<'_, PyAny>, nbytes: usize) -> Option<Bytes> {
+    let array = contiguous.cast::<PyUntypedArray>().ok()?;
+    if nbytes == 0 {
+        return Some(Bytes::new());
+    }
+    // SAFETY: `array` is a C-contiguous, native-order numpy array with `nbytes` bytes of data, referenced here (its
+    // buffer stays alive and unmoved while attached).
+    let (data, flags) = unsafe {
+        let fields = &(*array.as_array_ptr()).fields;
+        (fields.data as *const u8, fields.flags)
     };
-    Tensor::from_raw(dtype, shape, raw)
+    let shared = NPY_ARRAY_WRITEABLE | NPY_ARRAY_ALIGNED;
+    if flags & shared == shared {
+        Some(Bytes::from_owner(NumpyMemory {
+            _array: contiguous.clone().unbind(),
+            data,
+            len: nbytes,
+        }))
+    } else {
+        // SAFETY: as above; copied at once.
+        Some(Bytes::copy_from_slice(unsafe {
+            std::slice::from_raw_parts(data, nbytes)
+        }))
+    }
 }
 
 /// Converts a stage's output value into a tensor with MindSpore's rules: numpy arrays and scalars, objects

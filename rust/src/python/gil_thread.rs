@@ -13,6 +13,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
+/// How often an idle GIL thread re-attaches: tensors that share a numpy array's memory and are dropped off this
+/// thread (a reply written after the last Python stage) release the array only when some thread attaches.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Python callables of every loaded servable, indexed by `FunctionId`; `None` once released (the servable version
 /// that registered it was unloaded or replaced).
 pub type FunctionTable = Arc<RwLock<Vec<Option<Py<PyAny>>>>>;
@@ -54,9 +58,14 @@ impl GilThread {
                     let mut receiver = receiver;
                     loop {
                         // `move` + hand back: a borrowed Receiver is not `Sync`, so it cannot cross `detach`.
-                        let (ticket, back) = py.detach(move || (receiver.recv(), receiver));
+                        let (ticket, back) = py.detach(move || (receiver.recv_timeout(DRAIN_EVERY), receiver));
                         receiver = back;
-                        let Ok(ticket) = ticket else { break };
+                        let ticket = match ticket {
+                            Ok(ticket) => ticket,
+                            // Re-attaching (at the end of `detach`) is what drains the decrefs of arrays.
+                            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        };
                         // A panic in conversion code must not kill the only Python thread; the ticket, dropped
                         // unanswered, answers "Servable stopped".
                         let outcome =

@@ -20,6 +20,16 @@ def postprocess(z):
     return z, float(z.sum())
 
 
+def bump_in_place(value):
+    value += 1
+    return value.size
+
+
+def scale_in_place_and_sum(y):
+    y *= 10
+    return float(y.sum())
+
+
 def call_models(x):
     single = plus_one.call(x)
     pair = plus_one.call([[x], [x * 2]])
@@ -52,3 +62,14 @@ def passthrough(x):
 def model_call(x):
     single, multi, doubled = register.add_stage(call_models, x, outputs_count=3)
     return single, multi, doubled
+
+
+@register.register_method(output_names=["x", "p", "y", "total"])
+def shared_edits(x):
+    # Stages share arrays, as in MindSpore: an in-place edit is seen by every later reader of that value.
+    p = register.add_stage(preprocess, x, outputs_count=1)  # p = x - 1, an array a stage returned
+    register.add_stage(bump_in_place, x, outputs_count=1)  # x + 1, a method input
+    register.add_stage(bump_in_place, p, outputs_count=1)  # p + 1
+    y = register.add_stage(double, x, outputs_count=1)  # the model reads the edited x
+    total = register.add_stage(scale_in_place_and_sum, y, outputs_count=1)  # a model output, times 10
+    return x, p, y, total

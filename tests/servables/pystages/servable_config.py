@@ -76,6 +76,23 @@ def reverse_bytes(b):
     return bytes(b.tobytes()[::-1])
 
 
+_CONSTANT = b"\x01\x02\x03\x04"
+
+
+def read_only_view(x):
+    # A read-only array over an immutable bytes object: the server must copy it before a later stage may edit it.
+    return np.frombuffer(_CONSTANT, dtype=np.uint8)
+
+
+def strided_view(x):
+    return np.arange(8, dtype=np.int32)[::2]
+
+
+def add_one_in_place(v):
+    v += 1
+    return v
+
+
 @register.register_method(output_names=["y"])
 def raising(x):
     return register.add_stage(raise_fn, x, outputs_count=1)
@@ -142,3 +159,12 @@ def reverse_text(s):
 @register.register_method(output_names=["y"])
 def reverse_blob(b):
     return register.add_stage(reverse_bytes, b, outputs_count=1)
+
+
+@register.register_method(output_names=["ro", "strided"])
+def edit_unshareable(x):
+    ro = register.add_stage(read_only_view, x, outputs_count=1)
+    strided = register.add_stage(strided_view, x, outputs_count=1)
+    ro = register.add_stage(add_one_in_place, ro, outputs_count=1)
+    strided = register.add_stage(add_one_in_place, strided, outputs_count=1)
+    return ro, strided
