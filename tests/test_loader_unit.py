@@ -122,6 +122,7 @@ def test_load_newest_version_spec(add_dir: Path) -> None:
                 "device_type": "cpu",
                 "device_ids": [],
                 "intra_op_threads": None,
+                "distributed": None,
             }
         ],
         "methods": [

@@ -11,13 +11,18 @@ __all__ = [
     "Server",
     "ServerStartError",
     "__version__",
+    "agent_ranks",
+    "agents_ready",
     "init_logging",
     "init_onnxruntime",
     "log",
     "log_format",
     "model_call",
     "onnx_signature",
+    "run_agent",
     "run_worker",
+    "start_agent_hub",
+    "stop_agent_hubs",
 ]
 
 __version__: str
@@ -110,6 +115,29 @@ class Server:
 
 def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """Runs a declared model on per-instance inputs through its batcher (used by `Model.call`)."""
+
+def start_agent_hub(servable: str, address: str, ranks: Sequence[tuple[int, str, str]], wait_seconds: float) -> None:
+    """Starts the hub where the agents of a distributed servable register (`distributed.start_servable`)."""
+
+def stop_agent_hubs() -> None:
+    """Stops every distributed servable hub of this process."""
+
+def agents_ready(servable: str) -> bool:
+    """Whether every rank of a distributed servable has an agent registered and heard from lately."""
+
+def agent_ranks(address: str, server_id: str, timeout_seconds: float) -> list[tuple[int, str]]:
+    """`(rank_id, device_id)` of the rank table entries the main process at `address` lists for `server_id`."""
+
+def run_agent(
+    model_file: str,
+    rank_id: int,
+    listen: str,
+    distributed_address: str,
+    group_config: str | None = None,
+    device_id: int | None = None,
+    intra_op_threads: int | None = None,
+) -> None:
+    """Serves one rank of a distributed servable until SIGINT/SIGTERM (`rustserve agent`)."""
 
 def init_logging(level: str = "info", format: str = "text") -> None:
     """Routes rustserve's log lines to stderr with a RUST_LOG-style filter (RUST_LOG overrides it); first call wins.

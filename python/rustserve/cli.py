@@ -268,7 +268,84 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--servable", action="append", metavar="NAME", help="only this servable (repeatable)")
     check.add_argument("--model-name", metavar="NAME", help=_MODEL_NAME_HELP)
     check.add_argument("--log-level", default="warn", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default warn)")
+
+    agent = commands.add_parser(
+        "agent",
+        help="serve one rank of a distributed servable (what distributed.startup_agents starts)",
+        description="Load one rank's ONNX file, answer the main process's predict calls on --listen, and register "
+        "with the main process at --distributed-address once a second (the heartbeat). Runs until SIGINT or "
+        "SIGTERM. Started by distributed.startup_agents, by hand, or as a Kubernetes pod per agent machine.",
+    )
+    agent.add_argument("--model-file", required=True, metavar="FILE", help="the rank's ONNX file")
+    agent.add_argument("--rank", required=True, type=int, metavar="N", help="the rank id in the rank table")
+    agent.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to serve; registered as is")
+    agent.add_argument("--distributed-address", required=True, metavar="HOST:PORT", help="the main process")
+    agent.add_argument("--group-config", metavar="FILE", help="how this rank's outputs combine with its stage's")
+    agent.add_argument("--device-id", type=int, metavar="N", help="run on this CUDA device (default: CPU)")
+    agent.add_argument("--intra-op-threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
+    agent.add_argument("--log-level", default="info", metavar="LEVEL", help=f"{_LOG_LEVEL_HELP} (default info)")
+
+    cut = commands.add_parser(
+        "split",
+        help="cut an ONNX model into the rank files of a distributed servable",
+        description="Cut MODEL into pipeline stages (at --cut tensors, or --stages N balanced by weight bytes) and "
+        "shard each stage's output layer into --ranks-per-stage ranks; write OUT/rank<i>/model.onnx, "
+        "OUT/rank<i>/group_config.json and OUT/rank_table.json, then check the split model against the whole one on "
+        "random inputs and print the largest difference.",
+    )
+    cut.add_argument("model", metavar="MODEL", help="the whole ONNX model")
+    cut.add_argument("--out", required=True, metavar="OUT", help="the folder to write")
+    cut.add_argument("--cut", action="append", default=[], metavar="TENSOR", help="cut after this tensor (repeatable)")
+    cut.add_argument("--stages", type=int, default=1, metavar="N", help="pipeline stages, when no --cut (default 1)")
+    cut.add_argument("--ranks-per-stage", type=int, default=1, metavar="M", help="ranks per stage (default 1)")
+    cut.add_argument(
+        "--shard",
+        choices=["columns", "rows"],
+        default="columns",
+        help="how the output layer is split (default columns)",
+    )
+    cut.add_argument("--server-id", default="127.0.0.1", metavar="IP", help="the rank table's server_id")
     return parser
+
+
+def _split(args: argparse.Namespace) -> int:
+    from rustserve.split import split
+
+    difference = split(
+        args.model,
+        args.out,
+        cuts=args.cut,
+        stages=args.stages,
+        ranks_per_stage=args.ranks_per_stage,
+        by=args.shard,
+        server_id=args.server_id,
+    )
+    print(f"wrote {args.out}; largest difference from the whole model on random inputs: {difference:.3g}")
+    return 0 if difference < 1e-3 else 1
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from rustserve.server import _ort
+
+    if args.device_id is not None:
+        _ort.preload_cuda_libraries()
+    native = _init_native(args.log_level)
+    try:
+        native.run_agent(
+            args.model_file,
+            args.rank,
+            args.listen,
+            args.distributed_address,
+            group_config=args.group_config,
+            device_id=args.device_id,
+            intra_op_threads=args.intra_op_threads,
+        )
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        print(f"rustserve agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -758,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    handlers = {"start": _start, "infer": _infer, "list": _list, "check": _check}
+    handlers = {"start": _start, "infer": _infer, "list": _list, "check": _check, "agent": _agent, "split": _split}
     handler = handlers.get(args.command)
     if handler is None:
         parser.print_help(sys.stderr)

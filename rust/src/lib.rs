@@ -4,6 +4,7 @@
 pub mod batching;
 pub mod codec;
 pub mod dispatch;
+pub mod distributed;
 pub mod error;
 pub mod ingress;
 pub mod log_text;
@@ -39,6 +40,11 @@ fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(python::logging::log, m)?)?;
     m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
     m.add_function(wrap_pyfunction!(python::worker_loop::run_worker, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::start_agent_hub, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::stop_agent_hubs, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::agents_ready, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::agent_ranks, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::run_agent, m)?)?;
     m.add("RustServeError", py.get_type::<python::RustServeError>())?;
     m.add("ServableStartError", py.get_type::<python::ServableStartError>())?;
     m.add("ServerStartError", py.get_type::<python::ServerStartError>())?;

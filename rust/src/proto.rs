@@ -5,3 +5,9 @@
 pub mod ms {
     tonic::include_proto!("mindspore.serving.proto");
 }
+
+/// rustserve's services between a distributed servable's main process and its agents.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod distributed {
+    tonic::include_proto!("rustserve.distributed");
+}

@@ -463,6 +463,9 @@ impl Service {
         if let Some(stuck) = self.python.stuck() {
             return Err(stuck.describe());
         }
+        if let Some(reason) = crate::distributed::not_ready_reason(None) {
+            return Err(reason);
+        }
         self.registry.not_ready_reason().map_or(Ok(()), Err)
     }
 
@@ -474,7 +477,7 @@ impl Service {
         }
         match self.python.stuck() {
             Some(stuck) if stuck.servable == servable => Err(stuck.describe()),
-            _ => Ok(()),
+            _ => crate::distributed::not_ready_reason(Some(servable)).map_or(Ok(()), Err),
         }
     }
 

@@ -36,6 +36,16 @@ pub struct ModelSpec {
     pub preferred_batch_sizes: Vec<usize>,
     pub device: DeviceKind,
     pub intra_op_threads: Option<usize>,
+    /// `distributed.declare_servable(rank_size, stage_size)`: served by agents (see `crate::distributed`); `files`
+    /// is empty then.
+    pub distributed: Option<Distributed>,
+}
+
+/// The layout a distributed model declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Distributed {
+    pub rank_size: usize,
+    pub stage_size: usize,
 }
 
 /// Index of a Python callable in the executor's function table.

@@ -455,7 +455,11 @@ mod tests {
         let mut aligned = Tensor::from_values(vec![2], &[1.5f64, 2.5]).unwrap();
         let before = aligned.raw().unwrap().as_ptr();
         aligned.align();
-        assert_eq!(aligned.raw().unwrap().as_ptr(), before, "an aligned payload is not copied");
+        assert_eq!(
+            aligned.raw().unwrap().as_ptr(),
+            before,
+            "an aligned payload is not copied"
+        );
         assert_eq!(aligned.to_values::<f64>().unwrap(), vec![1.5, 2.5]);
     }
 

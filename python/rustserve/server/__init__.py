@@ -1004,6 +1004,11 @@ class Server:
             # NOTE: the native stop returns False when the drain timeout passed with requests in flight (fakes: None).
             if native_server is not None and native_server.stop() is False:
                 self._abandoned = True
+            if native_server is not None:
+                # Distributed servables' hubs (distributed.start_servable) stop with the server that serves them.
+                stop_hubs = getattr(_native(), "stop_agent_hubs", None)
+                if stop_hubs is not None:
+                    stop_hubs()
         finally:
             self._stop_running = False
             stopped.set()

@@ -368,14 +368,14 @@ class ServableLoader:
         if version_number == 0:
             if versions:
                 version_number = max(versions)
-            elif registry.models:
+            elif _local_models(registry):
                 raise RuntimeError(
                     f"There is no valid version directory of models while there are models declared in "
                     f"servable_config.py, servable directory: {directory}, servable name: {name}"
                 )
             else:
                 version_number = 1
-        elif version_number not in versions and registry.models:
+        elif version_number not in versions and _local_models(registry):
             raise RuntimeError(
                 f"Start servable failed: There is no specified version directory of models, specified version "
                 f"number: {version_number}, servable directory: '{directory}', servable name: '{name}'"
@@ -415,7 +415,7 @@ class ServableLoader:
         versions = _version_dirs(directory, name)
         workers = _Executors(num_parallel_workers, python_in_process)
         if not versions:
-            if registry.models:
+            if _local_models(registry):
                 raise RuntimeError(
                     f"There is no valid version directory of models while there are models declared in "
                     f"servable_config.py, servable directory: {directory}, servable name: {name}"
@@ -432,6 +432,11 @@ class _Executors(NamedTuple):
 
     num_parallel_workers: int = 0
     python_in_process: bool = True
+
+
+def _local_models(registry: register._Registry) -> bool:
+    """Whether the servable declares a model whose files are in its version folders (not a distributed one)."""
+    return any(declared.distributed is None for declared in registry.models)
 
 
 def _build_spec(
@@ -469,6 +474,11 @@ def _build_spec(
                 "device_type": device_type,
                 "device_ids": gpu_ids if device_type == "gpu" else [],
                 "intra_op_threads": declared.intra_op_threads,
+                "distributed": (
+                    None
+                    if declared.distributed is None
+                    else {"rank_size": declared.distributed[0], "stage_size": declared.distributed[1]}
+                ),
             }
         )
     if not registry.methods:

@@ -33,6 +33,12 @@ class ModelSpec(TypedDict):
     device_type: Literal["cpu", "gpu"]
     device_ids: list[int]  # CUDA devices for "gpu"; ignored for "cpu"
     intra_op_threads: int | None  # from Context(thread_num=...); None = the cores / the servable's sessions (min 1)
+    distributed: DistributedSpec | None  # declare_servable's layout; files is [] (the agents hold the model)
+
+
+class DistributedSpec(TypedDict):
+    rank_size: int
+    stage_size: int
 
 
 class ModelStageSpec(TypedDict):

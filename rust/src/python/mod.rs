@@ -5,6 +5,7 @@
 //! that shares stage calls among the GIL thread and the workers is `dispatch`.
 
 pub mod convert;
+pub mod distributed;
 pub mod gil_thread;
 pub mod logging;
 pub mod server;

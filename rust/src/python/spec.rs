@@ -3,7 +3,7 @@
 //! key's path, since they mean the Python loader and this file disagree.
 
 use super::gil_thread::GilThread;
-use crate::spec::{DeviceKind, MethodSpec, ModelSpec, ServableSpec, Source, StageKind, StageSpec};
+use crate::spec::{DeviceKind, Distributed, MethodSpec, ModelSpec, ServableSpec, Source, StageKind, StageSpec};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -60,7 +60,21 @@ fn model(dict: &Bound<'_, PyDict>) -> PyResult<ModelSpec> {
         preferred_batch_sizes: item(dict, "preferred_batch_sizes")?,
         device,
         intra_op_threads: item(dict, "intra_op_threads")?,
+        distributed: distributed(dict)?,
     })
+}
+
+/// `distributed`: `None`, or `{"rank_size": n, "stage_size": m}`.
+fn distributed(dict: &Bound<'_, PyDict>) -> PyResult<Option<Distributed>> {
+    let value: Option<Bound<'_, PyDict>> = item(dict, "distributed")?;
+    value
+        .map(|d| {
+            Ok(Distributed {
+                rank_size: item(&d, "rank_size")?,
+                stage_size: item(&d, "stage_size")?,
+            })
+        })
+        .transpose()
 }
 
 /// `max_queue_delay_ms` (None = 0) as a `Duration`; register.py validates it, this only refuses what would panic.

@@ -38,7 +38,12 @@ pub fn load(spec: ServableSpec) -> Result<ServableVersion, ServeError> {
             preferred_batch_sizes: model.preferred_batch_sizes.clone(),
         };
         let threads = model.intra_op_threads.unwrap_or(default_threads);
-        let mut subgraphs = Vec::with_capacity(model.files.len());
+        let mut subgraphs = Vec::with_capacity(model.files.len().max(1));
+        if let Some(layout) = model.distributed {
+            let queue =
+                crate::distributed::load_queue(&spec.name, layout.rank_size, layout.stage_size, config.clone())?;
+            subgraphs.push(Arc::new(queue));
+        }
         for file in &model.files {
             let queue = load_model_queue(file, config.clone(), &devices, Some(threads))
                 .map_err(|e| context(e.message().to_string()))?;
@@ -194,6 +199,7 @@ mod tests {
             preferred_batch_sizes: vec![4, 2],
             device,
             intra_op_threads: None,
+            distributed: None,
         }
     }
 

@@ -27,6 +27,8 @@ class _DeclaredModel:
     config_file: str | None
     max_queue_delay_ms: float | None = None
     preferred_batch_sizes: tuple[int, ...] = ()
+    # (rank_size, stage_size) of `distributed.declare_servable`; its ranks' files belong to the agents.
+    distributed: tuple[int, int] | None = None
     # subgraph -> (inputs count, outputs count), as used by `add_stage` (MindSpore's RegisterInputOutputInfo).
     io_counts: dict[int, tuple[int, int]] = field(default_factory=dict)
 

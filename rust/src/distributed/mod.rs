@@ -1,0 +1,573 @@
+//! Distributed servables (MindSpore's `distributed` API): a model served by agent processes, one per rank, each
+//! running its own ONNX file. The main process runs a `Hub` at `distributed_address`, where agents register (and
+//! keep registering once a second: the heartbeat); the model's batch queue runs each batch through the agents with a
+//! `DistributedRunner`: stage by stage, every rank of a stage gets the stage's inputs, the ranks' outputs are combined
+//! (`combine`), and a stage's outputs feed the next stage's inputs by name. A rank that fails or falls silent fails
+//! the batches that need it at once, naming the rank and its agent; when it registers again, the servable serves
+//! again.
+
+pub mod agent;
+pub mod combine;
+mod wire;
+
+use crate::batching::{BatchConfig, BatchRunner, IoInfo, ModelQueue, ModelSignature};
+use crate::error::ServeError;
+use crate::proto::distributed as pb;
+use crate::tensor::Tensor;
+use combine::{Combine, GroupConfig};
+use pb::agent_client::AgentClient;
+use pb::distributed_servable_server::{DistributedServable, DistributedServableServer};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Agents register this often; one silent for `HEARTBEAT_LOST` is taken as gone.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT_LOST: Duration = Duration::from_secs(4);
+/// How long one rank may take for one batch before the batch fails.
+const RANK_DEADLINE: Duration = Duration::from_mins(1);
+/// Tensors of a batch may be large; gRPC's 4 MB default would refuse them.
+pub(crate) const MAX_MESSAGE: usize = 1 << 31;
+
+/// One device of the rank table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RankEntry {
+    pub rank_id: u32,
+    pub device_id: String,
+    pub server_id: String,
+}
+
+/// A registered agent.
+#[derive(Clone)]
+struct Agent {
+    address: String,
+    client: AgentClient<Channel>,
+    inputs: Vec<IoInfo>,
+    outputs: Vec<IoInfo>,
+    group: GroupConfig,
+    last_seen: Instant,
+}
+
+/// The main process's end of one distributed servable: the rank table, the agents registered so far, and the gRPC
+/// service they register with.
+pub struct Hub {
+    servable: String,
+    ranks: Vec<RankEntry>,
+    wait: Option<Duration>,
+    agents: Mutex<Vec<Option<Agent>>>,
+    registered: Condvar,
+    runtime: tokio::runtime::Runtime,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+static HUBS: LazyLock<Mutex<HashMap<String, Arc<Hub>>>> = LazyLock::new(Mutex::default);
+
+/// Starts the hub of `servable` at `address` (replacing an earlier one), for the ranks of its rank table.
+/// `wait` bounds how long loading the servable waits for its agents (`None`: forever).
+pub fn start_hub(
+    servable: &str,
+    address: &str,
+    ranks: Vec<RankEntry>,
+    wait: Option<Duration>,
+) -> Result<Arc<Hub>, ServeError> {
+    let mut ranks = ranks;
+    ranks.sort_by_key(|r| r.rank_id);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("rustserve-distributed")
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Config(format!("cannot start the distributed runtime: {e}")))?;
+    let listener = std::net::TcpListener::bind(address).map_err(|e| {
+        ServeError::Config(format!(
+            "Serving Error: distributed servable '{servable}': cannot listen on {address}: {e}"
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ServeError::Config(format!("cannot listen on {address}: {e}")))?;
+    let count = ranks.len();
+    let hub = Arc::new(Hub {
+        servable: servable.to_owned(),
+        ranks,
+        wait,
+        agents: Mutex::new(vec![None; count]),
+        registered: Condvar::new(),
+        runtime,
+        stop: Mutex::new(None),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    *hub.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(stop_tx);
+    let service = DistributedServableServer::new(HubService(Arc::downgrade(&hub)));
+    hub.runtime.spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("distributed hub: {e}");
+                return;
+            }
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("distributed hub stopped: {e}");
+        }
+    });
+    tracing::info!("distributed servable '{servable}': waiting for {count} agents on {address}");
+    let previous = HUBS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(servable.to_owned(), hub.clone());
+    if let Some(previous) = previous {
+        previous.shutdown();
+    }
+    Ok(hub)
+}
+
+/// The hub `start_hub` started for `servable`.
+pub fn hub_for(servable: &str) -> Option<Arc<Hub>> {
+    HUBS.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(servable)
+        .cloned()
+}
+
+/// Why a distributed servable (`servable`, or any when `None`) cannot serve now, if one cannot.
+pub fn not_ready_reason(servable: Option<&str>) -> Option<String> {
+    let hubs: Vec<Arc<Hub>> = HUBS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    hubs.iter()
+        .filter(|hub| servable.is_none_or(|name| name == hub.servable))
+        .find_map(|hub| hub.not_ready_reason())
+}
+
+/// Stops every hub (server stop).
+pub fn stop_all() {
+    let hubs: Vec<Arc<Hub>> = HUBS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .map(|(_, h)| h)
+        .collect();
+    for hub in hubs {
+        hub.shutdown();
+    }
+}
+
+impl Hub {
+    fn shutdown(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = stop.send(());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Agent>>> {
+        self.agents.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn register(&self, request: pb::RegisterRequest) -> Result<(), String> {
+        let index = self
+            .ranks
+            .iter()
+            .position(|r| r.rank_id == request.rank_id)
+            .ok_or_else(|| {
+                format!(
+                    "rank {} is not in the rank table of distributed servable '{}' (ranks 0..{})",
+                    request.rank_id,
+                    self.servable,
+                    self.ranks.len()
+                )
+            })?;
+        let io = |list: &[pb::Io]| list.iter().map(wire::io_from_message).collect::<Result<Vec<_>, _>>();
+        let mut combine = HashMap::new();
+        for c in &request.combine {
+            let op = match c.op.as_str() {
+                "concat" => Combine::Concat(c.axis),
+                "sum" => Combine::Sum,
+                "first" => Combine::First,
+                other => return Err(format!("unknown combine op '{other}'")),
+            };
+            combine.insert(c.output.clone(), op);
+        }
+        let group = GroupConfig {
+            stage: request.has_stage.then_some(request.stage),
+            combine,
+        };
+        let mut agents = self.lock();
+        let known = agents[index].as_ref().filter(|a| a.address == request.address);
+        let client = if let Some(agent) = known {
+            agent.client.clone()
+        } else {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", request.address))
+                .map_err(|e| format!("bad agent address '{}': {e}", request.address))?;
+            tracing::info!(
+                "distributed servable '{}': rank {} registered from {} ({})",
+                self.servable,
+                request.rank_id,
+                request.address,
+                request.model_file
+            );
+            AgentClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        };
+        agents[index] = Some(Agent {
+            address: request.address,
+            client,
+            inputs: io(&request.inputs)?,
+            outputs: io(&request.outputs)?,
+            group,
+            last_seen: Instant::now(),
+        });
+        drop(agents);
+        self.registered.notify_all();
+        Ok(())
+    }
+
+    /// Waits until every rank has registered, within the servable's wait time.
+    fn wait_for_agents(&self) -> Result<Vec<Agent>, ServeError> {
+        let deadline = self.wait.map(|w| Instant::now() + w);
+        let mut agents = self.lock();
+        loop {
+            if agents.iter().all(Option::is_some) {
+                return Ok(agents.iter().flatten().cloned().collect());
+            }
+            let now = Instant::now();
+            let step = match deadline {
+                Some(deadline) if now >= deadline => {
+                    let count = agents.iter().flatten().count();
+                    return Err(ServeError::Config(format!(
+                        "Failed to wait for ready of all agents, current agents count: {count}, rank size: {}",
+                        self.ranks.len()
+                    )));
+                }
+                Some(deadline) => deadline - now,
+                None => Duration::from_hours(1),
+            };
+            agents = self
+                .registered
+                .wait_timeout(agents, step)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// The agents of `ranks`, or an error naming the first one that is gone.
+    fn live(&self, ranks: std::ops::Range<usize>) -> Result<Vec<(usize, Agent)>, ServeError> {
+        let agents = self.lock();
+        ranks
+            .map(|r| match &agents[r] {
+                Some(agent) if agent.last_seen.elapsed() < HEARTBEAT_LOST => Ok((r, agent.clone())),
+                Some(agent) => Err(self.gone(
+                    r,
+                    &format!(
+                        "(agent {}) sent no heartbeat for {:.1} s",
+                        agent.address,
+                        agent.last_seen.elapsed().as_secs_f64()
+                    ),
+                )),
+                None => Err(self.gone(r, "has no agent registered (it failed and has not registered again)")),
+            })
+            .collect()
+    }
+
+    fn gone(&self, rank: usize, what: &str) -> ServeError {
+        ServeError::Unavailable(format!("distributed servable '{}': rank {rank} {what}", self.servable))
+    }
+
+    /// Forgets a failed agent until it registers again, unless a newer registration replaced it meanwhile.
+    fn forget(&self, rank: usize, address: &str) {
+        let mut agents = self.lock();
+        if agents[rank].as_ref().is_some_and(|a| a.address == address) {
+            agents[rank] = None;
+        }
+    }
+
+    /// Is every rank's agent registered and alive (readiness)?
+    pub fn ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the servable cannot serve now: the first rank without a live agent.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.live(0..self.ranks.len()).err().map(|e| e.to_string())
+    }
+}
+
+struct HubService(std::sync::Weak<Hub>);
+
+#[tonic::async_trait]
+impl DistributedServable for HubService {
+    async fn register(
+        &self,
+        request: tonic::Request<pb::RegisterRequest>,
+    ) -> Result<tonic::Response<pb::RegisterReply>, tonic::Status> {
+        let hub = self
+            .0
+            .upgrade()
+            .ok_or_else(|| tonic::Status::unavailable("the servable stopped"))?;
+        hub.register(request.into_inner())
+            .map(|()| tonic::Response::new(pb::RegisterReply {}))
+            .map_err(tonic::Status::invalid_argument)
+    }
+
+    async fn ranks(
+        &self,
+        request: tonic::Request<pb::RanksRequest>,
+    ) -> Result<tonic::Response<pb::RanksReply>, tonic::Status> {
+        let hub = self
+            .0
+            .upgrade()
+            .ok_or_else(|| tonic::Status::unavailable("the servable stopped"))?;
+        let server = request.into_inner().server_id;
+        let ranks = hub
+            .ranks
+            .iter()
+            .filter(|r| server.is_empty() || r.server_id == server)
+            .map(|r| pb::Rank {
+                rank_id: r.rank_id,
+                device_id: r.device_id.clone(),
+                server_id: r.server_id.clone(),
+            })
+            .collect();
+        Ok(tonic::Response::new(pb::RanksReply { ranks }))
+    }
+}
+
+/// One stage's input names (as its first rank has them) and its outputs with their combine op.
+type StagePlan = (Vec<String>, Vec<(String, Combine)>);
+
+/// What each stage takes and gives, fixed when the servable loads (from the agents' registrations).
+struct Layout {
+    stage_size: usize,
+    per_stage: usize,
+    /// Per stage: its input names (as its first rank has them) and its outputs with their combine op.
+    stages: Vec<StagePlan>,
+}
+
+/// Loads a distributed model: waits for its agents, checks the layout, and starts a queue with one batch thread
+/// per stage (so a batch can be in each stage at once).
+pub fn load_queue(
+    servable: &str,
+    rank_size: usize,
+    stage_size: usize,
+    cfg: BatchConfig,
+) -> Result<ModelQueue, ServeError> {
+    let config = |msg: String| ServeError::Config(format!("distributed servable '{servable}': {msg}"));
+    let hub = hub_for(servable).ok_or_else(|| {
+        config("it declares a distributed model, so start it with distributed.start_servable(...)".into())
+    })?;
+    if stage_size == 0 || !rank_size.is_multiple_of(stage_size) {
+        return Err(config(format!(
+            "rank_size {rank_size} must be a multiple of stage_size {stage_size}"
+        )));
+    }
+    if hub.ranks.len() != rank_size {
+        return Err(config(format!(
+            "the rank table has {} devices, but declare_servable says rank_size {rank_size}",
+            hub.ranks.len()
+        )));
+    }
+    let agents = hub.wait_for_agents()?;
+    let (layout, signature) = layout_of(&agents, stage_size).map_err(config)?;
+    let layout = Arc::new(layout);
+    let runners: Vec<Box<dyn BatchRunner>> = (0..stage_size)
+        .map(|_| {
+            Box::new(DistributedRunner {
+                hub: hub.clone(),
+                layout: layout.clone(),
+            }) as Box<dyn BatchRunner>
+        })
+        .collect();
+    ModelQueue::with_runners(&format!("distributed servable '{servable}'"), signature, cfg, runners)
+}
+
+fn layout_of(agents: &[Agent], stage_size: usize) -> Result<(Layout, ModelSignature), String> {
+    let per_stage = agents.len() / stage_size;
+    let mut stages = Vec::with_capacity(stage_size);
+    let mut available: Option<Vec<String>> = None;
+    let mut outputs_info = Vec::new();
+    for stage in 0..stage_size {
+        let ranks = &agents[stage * per_stage..(stage + 1) * per_stage];
+        let first = &ranks[0];
+        let names = |list: &[IoInfo]| list.iter().map(|io| io.name.clone()).collect::<Vec<_>>();
+        for (offset, agent) in ranks.iter().enumerate() {
+            let rank = stage * per_stage + offset;
+            if let Some(said) = agent.group.stage
+                && said as usize != stage
+            {
+                return Err(format!(
+                    "rank {rank}'s group config says stage {said}, but rank {rank} is in stage {stage} (rank_size {} / stage_size {stage_size})",
+                    agents.len()
+                ));
+            }
+            if names(&agent.inputs) != names(&first.inputs) || names(&agent.outputs) != names(&first.outputs) {
+                return Err(format!(
+                    "rank {rank} ({}) has inputs {:?} and outputs {:?}, but rank {} of the same stage has {:?} and {:?}",
+                    agent.address,
+                    names(&agent.inputs),
+                    names(&agent.outputs),
+                    stage * per_stage,
+                    names(&first.inputs),
+                    names(&first.outputs)
+                ));
+            }
+        }
+        if let Some(available) = &available
+            && let Some(missing) = first.inputs.iter().find(|io| !available.contains(&io.name))
+        {
+            return Err(format!(
+                "stage {stage} needs input '{}', which stage {} does not give (it gives {available:?})",
+                missing.name,
+                stage - 1
+            ));
+        }
+        let mut outputs = Vec::with_capacity(first.outputs.len());
+        outputs_info.clear();
+        for io in &first.outputs {
+            let op = if per_stage == 1 {
+                Combine::First
+            } else {
+                first.group.combine.get(&io.name).copied().unwrap_or(Combine::First)
+            };
+            let mut shape = io.shape.clone();
+            if let Combine::Concat(axis) = op {
+                let at = if axis < 0 { axis + shape.len() as i64 } else { axis };
+                let at = usize::try_from(at).ok().filter(|&a| a < shape.len()).ok_or_else(|| {
+                    format!(
+                        "output '{}': concat axis {axis} is out of range for shape {shape:?}",
+                        io.name
+                    )
+                })?;
+                let dims: Vec<i64> = ranks
+                    .iter()
+                    .filter_map(|a| a.outputs.iter().find(|o| o.name == io.name))
+                    .map(|o| o.shape[at])
+                    .collect();
+                shape[at] = if dims.iter().all(|&d| d >= 0) {
+                    dims.iter().sum()
+                } else {
+                    -1
+                };
+            }
+            outputs_info.push(IoInfo {
+                name: io.name.clone(),
+                dtype: io.dtype,
+                shape,
+            });
+            outputs.push((io.name.clone(), op));
+        }
+        available = Some(names(&first.outputs));
+        stages.push((names(&first.inputs), outputs));
+    }
+    let signature = ModelSignature {
+        inputs: agents[0].inputs.clone(),
+        outputs: outputs_info,
+    };
+    Ok((
+        Layout {
+            stage_size,
+            per_stage,
+            stages,
+        },
+        signature,
+    ))
+}
+
+/// Runs batches through the agents (see the module doc). One per batch thread; they share the hub.
+struct DistributedRunner {
+    hub: Arc<Hub>,
+    layout: Arc<Layout>,
+}
+
+impl BatchRunner for DistributedRunner {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError> {
+        let layout = &*self.layout;
+        let mut values: HashMap<String, Tensor> = layout.stages[0].0.iter().cloned().zip(inputs).collect();
+        for stage in 0..layout.stage_size {
+            let ranks = self
+                .hub
+                .live(stage * layout.per_stage..(stage + 1) * layout.per_stage)?;
+            let (input_names, outputs) = &layout.stages[stage];
+            let request = pb::PredictRequest {
+                inputs: input_names
+                    .iter()
+                    .map(|name| {
+                        let tensor = values
+                            .get(name)
+                            .ok_or_else(|| ServeError::Internal(format!("stage {stage} input '{name}' is missing")))?;
+                        wire::to_message(name, tensor).map_err(ServeError::InvalidInput)
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let calls = ranks.iter().map(|(rank, agent)| {
+                let mut client = agent.client.clone();
+                let mut request = tonic::Request::new(request.clone());
+                request.set_timeout(RANK_DEADLINE);
+                let rank = *rank;
+                async move { (rank, client.predict(request).await) }
+            });
+            let replies = self.hub.runtime.handle().block_on(futures::future::join_all(calls));
+            let mut per_rank: Vec<HashMap<String, Tensor>> = Vec::with_capacity(replies.len());
+            for ((rank, reply), (_, agent)) in replies.into_iter().zip(&ranks) {
+                let reply = reply.map_err(|status| {
+                    // A model error (bad input) leaves the agent registered; a lost connection or a deadline does not.
+                    if status.code() != tonic::Code::InvalidArgument {
+                        self.hub.forget(rank, &agent.address);
+                    }
+                    let err = format!("(agent {}) failed: {}", agent.address, status.message());
+                    match status.code() {
+                        tonic::Code::InvalidArgument => ServeError::Model(format!(
+                            "distributed servable '{}': rank {rank} {err}",
+                            self.hub.servable
+                        )),
+                        _ => self.hub.gone(rank, &err),
+                    }
+                })?;
+                let named = reply
+                    .into_inner()
+                    .outputs
+                    .into_iter()
+                    .map(wire::from_message)
+                    .collect::<Result<HashMap<_, _>, _>>()
+                    .map_err(|e| {
+                        self.hub
+                            .gone(rank, &format!("(agent {}) answered a bad tensor: {e}", agent.address))
+                    })?;
+                per_rank.push(named);
+            }
+            let mut next = HashMap::with_capacity(outputs.len());
+            for (name, op) in outputs {
+                let parts = per_rank
+                    .iter_mut()
+                    .map(|named| {
+                        named.remove(name).ok_or_else(|| {
+                            ServeError::Model(format!("a rank of stage {stage} did not answer output '{name}'"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let combined = combine::combine(name, *op, parts).map_err(ServeError::Model)?;
+                next.insert(name.clone(), combined);
+            }
+            values = next;
+        }
+        let last = &layout.stages[layout.stage_size - 1].1;
+        last.iter()
+            .map(|(name, _)| {
+                values
+                    .remove(name)
+                    .ok_or_else(|| ServeError::Internal(format!("output '{name}' is missing")))
+            })
+            .collect()
+    }
+}
