@@ -122,6 +122,12 @@ pub trait BatchObserver: Send + Sync {
 pub trait BatchRunner: Send {
     /// Runs the model once on full-batch tensors.
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError>;
+
+    /// Whether a run may happen on the caller's thread (see `ModelQueue::try_inline`); false for a runner that
+    /// blocks on a runtime of its own, which must never be entered from a tokio worker.
+    fn may_run_inline(&self) -> bool {
+        true
+    }
 }
 
 impl<F> BatchRunner for F
@@ -233,6 +239,7 @@ impl ModelQueue {
             run_ns: AtomicU64::new(u64::MAX),
             stopped: AtomicBool::new(false),
             uniform_runs: !cfg.with_batch_dim
+                && runners.iter().all(|r| r.may_run_inline())
                 && signature.inputs.iter().all(|input| {
                     input.shape.iter().all(|&dim| dim > 0) && !matches!(input.dtype, DType::String | DType::Bytes)
                 }),

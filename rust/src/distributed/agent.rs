@@ -145,9 +145,12 @@ pub fn serve(options: &AgentOptions, stop: &mut dyn FnMut() -> bool) -> Result<(
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
-                let _ = stop_rx.await;
-            })
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
             .await
             .map_err(std::io::Error::other)
     });

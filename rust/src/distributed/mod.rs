@@ -108,7 +108,7 @@ pub fn start_hub(
                 return;
             }
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
@@ -491,6 +491,10 @@ struct DistributedRunner {
 }
 
 impl BatchRunner for DistributedRunner {
+    fn may_run_inline(&self) -> bool {
+        false
+    }
+
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError> {
         let layout = &*self.layout;
         let mut values: HashMap<String, Tensor> = layout.stages[0].0.iter().cloned().zip(inputs).collect();
