@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,7 +260,8 @@ def test_mindspore_matmul_example_on_eight_column_shards(tmp_path: Path, deploy:
 
 
 def test_two_stages_of_two_ranks_batch_like_a_local_model(tmp_path: Path, deploy: type[Deployment]) -> None:
-    """The MLP split 2 x 2 answers like the whole model, over gRPC (several instances, batched) and REST."""
+    """The MLP split 2 x 2 answers like the whole model, over gRPC (several instances, batched), MindSpore's REST
+    and KServe v2."""
     import requests
 
     layout, (w1, b1, w2, b2) = mlp_layout(tmp_path)
@@ -279,6 +281,20 @@ def test_two_stages_of_two_ranks_batch_like_a_local_model(tmp_path: Path, deploy
     ).json()
     for out, want in zip(body["instances"], expected[:2], strict=True):
         np.testing.assert_allclose(out["z"], want, rtol=1e-5, atol=1e-5)
+    v2_input = {"name": "x", "datatype": "FP32", "shape": [3, 8], "data": np.stack(xs[:3]).ravel().tolist()}
+    v2 = requests.post(
+        f"http://{HOST}:{deployment.rest_port}/v2/models/mlp/infer",
+        json={"inputs": [v2_input]},
+        timeout=30,
+    ).json()
+    metrics = requests.get(f"http://{HOST}:{deployment.rest_port}/metrics", timeout=30).text
+    for rank in range(4):
+        assert f'rustserve_distributed_rank_up{{servable="mlp",rank="{rank}"}} 1' in metrics, metrics
+        calls = re.search(rf'rustserve_distributed_rank_calls_total{{servable="mlp",rank="{rank}"}} (\S+)', metrics)
+        assert calls is not None and float(calls.group(1)) >= 2, metrics
+    z = next(o for o in v2["outputs"] if o["name"] == "z")
+    assert z["shape"] == [3, 4], v2
+    np.testing.assert_allclose(np.array(z["data"]).reshape(3, 4), np.stack(expected[:3]), rtol=1e-5, atol=1e-5)
 
 
 def test_a_killed_agent_fails_requests_at_once_and_its_restart_serves_again(

@@ -42,11 +42,29 @@ pub struct RankEntry {
 #[derive(Clone)]
 struct Agent {
     address: String,
-    client: AgentClient<Channel>,
     inputs: Vec<IoInfo>,
     outputs: Vec<IoInfo>,
     group: GroupConfig,
     last_seen: Instant,
+}
+
+/// Calls to one rank since start-up, for /metrics.
+#[derive(Default)]
+struct RankCounters {
+    calls: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicU64,
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+/// One rank's figures at scrape time (`rank_samples`).
+#[derive(Clone, Debug)]
+pub struct RankSample {
+    pub servable: String,
+    pub rank: u32,
+    pub up: bool,
+    pub calls: u64,
+    pub failures: u64,
+    pub seconds: f64,
 }
 
 /// The main process's end of one distributed servable: the rank table, the agents registered so far, and the gRPC
@@ -56,6 +74,7 @@ pub struct Hub {
     ranks: Vec<RankEntry>,
     wait: Option<Duration>,
     agents: Mutex<Vec<Option<Agent>>>,
+    counters: Vec<RankCounters>,
     registered: Condvar,
     runtime: tokio::runtime::Runtime,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -93,6 +112,7 @@ pub fn start_hub(
         ranks,
         wait,
         agents: Mutex::new(vec![None; count]),
+        counters: (0..count).map(|_| RankCounters::default()).collect(),
         registered: Condvar::new(),
         runtime,
         stop: Mutex::new(None),
@@ -151,6 +171,31 @@ pub fn not_ready_reason(servable: Option<&str>) -> Option<String> {
         .find_map(|hub| hub.not_ready_reason())
 }
 
+/// Every rank of every hub: whether its agent is live, and its calls, failures and time in calls so far.
+pub fn rank_samples() -> Vec<RankSample> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let hubs: Vec<Arc<Hub>> = HUBS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    let mut samples = Vec::new();
+    for hub in hubs {
+        for (index, (entry, counters)) in hub.ranks.iter().zip(&hub.counters).enumerate() {
+            samples.push(RankSample {
+                servable: hub.servable.clone(),
+                rank: entry.rank_id,
+                up: hub.live(index..index + 1).is_ok(),
+                calls: counters.calls.load(Relaxed),
+                failures: counters.failures.load(Relaxed),
+                seconds: Duration::from_nanos(counters.nanos.load(Relaxed)).as_secs_f64(),
+            });
+        }
+    }
+    samples
+}
+
 /// Stops every hub (server stop).
 pub fn stop_all() {
     let hubs: Vec<Arc<Hub>> = HUBS
@@ -203,13 +248,10 @@ impl Hub {
             stage: request.has_stage.then_some(request.stage),
             combine,
         };
+        tonic::transport::Endpoint::from_shared(format!("http://{}", request.address))
+            .map_err(|e| format!("bad agent address '{}': {e}", request.address))?;
         let mut agents = self.lock();
-        let known = agents[index].as_ref().filter(|a| a.address == request.address);
-        let client = if let Some(agent) = known {
-            agent.client.clone()
-        } else {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", request.address))
-                .map_err(|e| format!("bad agent address '{}': {e}", request.address))?;
+        if agents[index].as_ref().is_none_or(|a| a.address != request.address) {
             tracing::info!(
                 "distributed servable '{}': rank {} registered from {} ({})",
                 self.servable,
@@ -217,13 +259,9 @@ impl Hub {
                 request.address,
                 request.model_file
             );
-            AgentClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE)
-        };
+        }
         agents[index] = Some(Agent {
             address: request.address,
-            client,
             inputs: io(&request.inputs)?,
             outputs: io(&request.outputs)?,
             group,
@@ -381,14 +419,19 @@ pub fn load_queue(
     let agents = hub.wait_for_agents()?;
     let (layout, signature) = layout_of(&agents, stage_size).map_err(config)?;
     let layout = Arc::new(layout);
-    let runners: Vec<Box<dyn BatchRunner>> = (0..stage_size)
-        .map(|_| {
-            Box::new(DistributedRunner {
-                hub: hub.clone(),
-                layout: layout.clone(),
-            }) as Box<dyn BatchRunner>
-        })
-        .collect();
+    let mut runners: Vec<Box<dyn BatchRunner>> = Vec::with_capacity(stage_size);
+    for _ in 0..stage_size {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| config(format!("cannot start a runtime for its batch thread: {e}")))?;
+        runners.push(Box::new(DistributedRunner {
+            hub: hub.clone(),
+            layout: layout.clone(),
+            runtime,
+            clients: HashMap::new(),
+        }));
+    }
     ModelQueue::with_runners(&format!("distributed servable '{servable}'"), signature, cfg, runners)
 }
 
@@ -488,6 +531,28 @@ fn layout_of(agents: &[Agent], stage_size: usize) -> Result<(Layout, ModelSignat
 struct DistributedRunner {
     hub: Arc<Hub>,
     layout: Arc<Layout>,
+    /// A single-thread runtime of its own: the batch thread drives its calls' I/O itself, so a stage hop costs no
+    /// hand-off to another thread and back.
+    runtime: tokio::runtime::Runtime,
+    /// Connections to the agents, by rank and address (an agent that comes back elsewhere gets a new one).
+    clients: HashMap<(usize, String), AgentClient<Channel>>,
+}
+
+impl DistributedRunner {
+    fn client(&mut self, rank: usize, address: &str) -> AgentClient<Channel> {
+        let runtime = &self.runtime;
+        self.clients
+            .entry((rank, address.to_owned()))
+            .or_insert_with(|| {
+                let _context = runtime.enter();
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .expect("checked when the agent registered");
+                AgentClient::new(endpoint.tcp_nodelay(true).connect_lazy())
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE)
+            })
+            .clone()
+    }
 }
 
 impl BatchRunner for DistributedRunner {
@@ -496,7 +561,7 @@ impl BatchRunner for DistributedRunner {
     }
 
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError> {
-        let layout = &*self.layout;
+        let layout = Arc::clone(&self.layout);
         let mut values: HashMap<String, Tensor> = layout.stages[0].0.iter().cloned().zip(inputs).collect();
         for stage in 0..layout.stage_size {
             let ranks = self
@@ -514,16 +579,32 @@ impl BatchRunner for DistributedRunner {
                     })
                     .collect::<Result<_, _>>()?,
             };
-            let calls = ranks.iter().map(|(rank, agent)| {
-                let mut client = agent.client.clone();
+            let clients: Vec<_> = ranks
+                .iter()
+                .map(|(rank, agent)| self.client(*rank, &agent.address))
+                .collect();
+            let calls = ranks.iter().zip(clients).map(|((rank, _), mut client)| {
                 let mut request = tonic::Request::new(request.clone());
                 request.set_timeout(RANK_DEADLINE);
                 let rank = *rank;
-                async move { (rank, client.predict(request).await) }
+                async move {
+                    let started = Instant::now();
+                    let reply = client.predict(request).await;
+                    (rank, reply, started.elapsed())
+                }
             });
-            let replies = self.hub.runtime.handle().block_on(futures::future::join_all(calls));
+            let replies = self.runtime.block_on(futures::future::join_all(calls));
             let mut per_rank: Vec<HashMap<String, Tensor>> = Vec::with_capacity(replies.len());
-            for ((rank, reply), (_, agent)) in replies.into_iter().zip(&ranks) {
+            for ((rank, reply, took), (_, agent)) in replies.into_iter().zip(&ranks) {
+                let counters = &self.hub.counters[rank];
+                counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters.nanos.fetch_add(
+                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if reply.is_err() {
+                    counters.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let reply = reply.map_err(|status| {
                     // A model error (bad input) leaves the agent registered; a lost connection or a deadline does not.
                     if status.code() != tonic::Code::InvalidArgument {

@@ -110,11 +110,75 @@ impl Collector for ScrapeTime {
             };
             gauge.encode(family.encode_family(&labels)?)?;
         }
+        encode_ranks(&mut encoder, &crate::distributed::rank_samples())?;
         if let Some(process) = ProcessSample::read() {
             process.encode(&mut encoder)?;
         }
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RankLabels {
+    servable: String,
+    rank: u32,
+}
+
+/// Distributed servables' ranks (absent without any): live or not, calls, failed calls, and time in calls (its rate
+/// over the calls' rate is the rank's mean latency).
+fn encode_ranks(encoder: &mut DescriptorEncoder, ranks: &[crate::distributed::RankSample]) -> std::fmt::Result {
+    if ranks.is_empty() {
+        return Ok(());
+    }
+    rank_family(
+        encoder,
+        "rustserve_distributed_rank_up",
+        "1 while the rank's agent is registered and sends heartbeats.",
+        ranks,
+        |r| ConstGauge::new(i64::from(r.up)),
+    )?;
+    rank_family(
+        encoder,
+        "rustserve_distributed_rank_calls",
+        "Batches sent to the rank's agent.",
+        ranks,
+        |r| ConstCounter::new(r.calls),
+    )?;
+    rank_family(
+        encoder,
+        "rustserve_distributed_rank_failures",
+        "Batches the rank's agent failed or did not answer.",
+        ranks,
+        |r| ConstCounter::new(r.failures),
+    )?;
+    rank_family(
+        encoder,
+        "rustserve_distributed_rank_seconds",
+        "Time from sending a batch to the rank to its answer.",
+        ranks,
+        |r| ConstCounter::new(r.seconds),
+    )?;
+    Ok(())
+}
+
+/// One family with a sample per rank.
+fn rank_family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ranks: &[crate::distributed::RankSample],
+    value: impl Fn(&crate::distributed::RankSample) -> M,
+) -> std::fmt::Result {
+    let Some(first) = ranks.first() else { return Ok(()) };
+    let mut family = encoder.encode_descriptor(name, help, None, value(first).metric_type())?;
+    for r in ranks {
+        let labels = RankLabels {
+            servable: r.servable.clone(),
+            rank: r.rank,
+        };
+        value(r).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// A family of one unlabelled sample.
