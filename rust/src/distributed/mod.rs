@@ -344,16 +344,21 @@ impl Hub {
 
 struct HubService(std::sync::Weak<Hub>);
 
+impl HubService {
+    fn hub(&self) -> Result<Arc<Hub>, tonic::Status> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| tonic::Status::unavailable("the servable stopped"))
+    }
+}
+
 #[tonic::async_trait]
 impl DistributedServable for HubService {
     async fn register(
         &self,
         request: tonic::Request<pb::RegisterRequest>,
     ) -> Result<tonic::Response<pb::RegisterReply>, tonic::Status> {
-        let hub = self
-            .0
-            .upgrade()
-            .ok_or_else(|| tonic::Status::unavailable("the servable stopped"))?;
+        let hub = self.hub()?;
         hub.register(request.into_inner())
             .map(|()| tonic::Response::new(pb::RegisterReply {}))
             .map_err(tonic::Status::invalid_argument)
@@ -363,10 +368,7 @@ impl DistributedServable for HubService {
         &self,
         request: tonic::Request<pb::RanksRequest>,
     ) -> Result<tonic::Response<pb::RanksReply>, tonic::Status> {
-        let hub = self
-            .0
-            .upgrade()
-            .ok_or_else(|| tonic::Status::unavailable("the servable stopped"))?;
+        let hub = self.hub()?;
         let server = request.into_inner().server_id;
         let ranks = hub
             .ranks
