@@ -5,10 +5,12 @@ the servable serves again once the supervisor has started it again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +28,24 @@ from onnx import TensorProto, helper, numpy_helper
 from rustserve.client import Client
 
 RNG = np.random.default_rng(7)
+
+
+def free_port_range(count: int) -> int:
+    """The first of `count` consecutive loopback ports that were all free a moment ago, below the ephemeral range."""
+    for base in range(20000 + (os.getpid() % 500) * 40, 32000, 40):
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind((HOST, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free port range")
 
 
 def _save(
@@ -183,15 +203,21 @@ class Deployment:
             print("serving", flush=True)
         """
         self.main = self._spawn("main.py", main)
-        self.agent_start_port = free_port()
+        self.agent_start_port = free_port_range(layout.ranks)
         self.agents: subprocess.Popen[str] | None = None
 
     def _spawn(self, name: str, source: str) -> subprocess.Popen[str]:
         script = self.root / name
         script.write_text(textwrap.dedent(source))
         log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        # A session of its own, so stop() reaches the agents the launcher started too.
         return subprocess.Popen(
-            [sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT, text=True, env=_child_env()
+            [sys.executable, str(script)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_child_env(),
+            start_new_session=True,
         )
 
     def start_agents(self) -> None:
@@ -212,7 +238,8 @@ class Deployment:
         assert self.main.poll() is None, self.log("main.py")
 
     def agent_pid(self, port: int) -> int:
-        out = subprocess.run(["pgrep", "-f", "--", f"--listen {HOST}:{port}"], capture_output=True, text=True).stdout
+        pattern = f"--listen {re.escape(HOST)}:{port}( |$)"
+        out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
         pids = [int(p) for p in out.split()]
         assert len(pids) == 1, (out, self.log("agents.py"))
         return pids[0]
@@ -231,6 +258,8 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # anything of its session still running
 
 
 @pytest.fixture

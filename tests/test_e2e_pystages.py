@@ -241,9 +241,11 @@ def test_rest_values_as_seen_by_a_stage(rest: Rest, value: Any, kind: str) -> No
 
 
 def test_arrays_that_cannot_be_shared_are_copied_before_a_later_stage_edits_them(grpc: Grpc) -> None:
-    """A returned read-only array (over a `bytes` constant) and a strided one are copied into the pipeline: a later
-    stage's in-place edit changes the copy, never the constant, so every request sees the same answer."""
+    """A returned read-only array (over a `bytes` constant), a strided one and one the module keeps are copied into
+    the pipeline: a later stage's in-place edit changes the copy, never the original, so every request sees the same
+    answer."""
     for _ in range(3):
         (out,) = grpc.ok(grpc.predict("pystages", "edit_unshareable", floats(1)), 1)
         np.testing.assert_array_equal(out["ro"], np.array([2, 3, 4, 5], dtype=np.uint8))
         np.testing.assert_array_equal(out["strided"], np.array([1, 3, 5, 7], dtype=np.int32))
+        np.testing.assert_array_equal(out["kept"], np.array([11, 21], dtype=np.int64))

@@ -22,6 +22,7 @@ __all__ = [
     "run_agent",
     "run_worker",
     "start_agent_hub",
+    "stop_agent_hub",
     "stop_agent_hubs",
 ]
 
@@ -118,6 +119,9 @@ def model_call(model_key: str, subgraph: int, instances: Sequence[Sequence[Any]]
 
 def start_agent_hub(servable: str, address: str, ranks: Sequence[tuple[int, str, str]], wait_seconds: float) -> None:
     """Starts the hub where the agents of a distributed servable register (`distributed.start_servable`)."""
+
+def stop_agent_hub(servable: str) -> None:
+    """Stops the hub of one distributed servable (its start failed)."""
 
 def stop_agent_hubs() -> None:
     """Stops every distributed servable hub of this process."""

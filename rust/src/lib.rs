@@ -41,6 +41,7 @@ fn _rustserve(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(python::stages::model_call, m)?)?;
     m.add_function(wrap_pyfunction!(python::worker_loop::run_worker, m)?)?;
     m.add_function(wrap_pyfunction!(python::distributed::start_agent_hub, m)?)?;
+    m.add_function(wrap_pyfunction!(python::distributed::stop_agent_hub, m)?)?;
     m.add_function(wrap_pyfunction!(python::distributed::stop_agent_hubs, m)?)?;
     m.add_function(wrap_pyfunction!(python::distributed::agents_ready, m)?)?;
     m.add_function(wrap_pyfunction!(python::distributed::agent_ranks, m)?)?;

@@ -162,7 +162,11 @@ def start_servable(
     ranks = _read_rank_table(rank_table_json_file)
     native = server._native()
     native.start_agent_hub(servable_name, distributed_address, ranks, float(wait_agents_time_in_seconds))
-    server.start_servables(server.ServableStartConfig(servable_directory, servable_name, version_number))
+    try:
+        server.start_servables(server.ServableStartConfig(servable_directory, servable_name, version_number))
+    except BaseException:
+        native.stop_agent_hub(servable_name)  # so a retry can listen on the same address
+        raise
 
 
 def _local_addresses() -> set[str]:
@@ -191,8 +195,15 @@ class _Supervisor:
 
     agents: list[_Agent]
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Serialises starting and stopping, so no agent is started after stop() terminated the others.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, agent: _Agent) -> None:
+        with self.lock:
+            if not self.stopping.is_set():
+                self._start(agent)
+
+    def _start(self, agent: _Agent) -> None:
         agent.registered.clear()
         agent.process = subprocess.Popen(agent.command, stdout=subprocess.PIPE, text=True, bufsize=1)
         threading.Thread(target=self._read, args=(agent, agent.process.stdout), daemon=True).start()
@@ -215,7 +226,8 @@ class _Supervisor:
                     self.start(agent)
 
     def stop(self) -> None:
-        self.stopping.set()
+        with self.lock:
+            self.stopping.set()
         for agent in self.agents:
             if agent.process is not None and agent.process.poll() is None:
                 agent.process.terminate()
@@ -285,7 +297,13 @@ def startup_agents(
     devices = dict(table)
     if rank_start is not None:
         _check_int("rank_start", rank_start, 0)
-        local = [(rank, devices.get(rank, "0")) for rank in range(rank_start, rank_start + len(files))]
+        missing = [rank for rank in range(rank_start, rank_start + len(files)) if rank not in devices]
+        if missing:
+            raise RuntimeError(
+                f"Ranks {missing} (rank_start {rank_start}, {len(files)} model files) are not in the rank table of the "
+                f"distributed servable at {distributed_address}, which has ranks 0..{len(devices) - 1}"
+            )
+        local = [(rank, devices[rank]) for rank in range(rank_start, rank_start + len(files))]
         host = agent_ip or "127.0.0.1"
     else:
         names = {agent_ip} if agent_ip else _local_addresses()

@@ -99,22 +99,23 @@ fn sum(name: &str, first: Tensor, rest: &[Tensor]) -> Result<Tensor, String> {
             first.shape, other.shape
         ));
     }
+    // Integers wrap on overflow, as the model's own Add would.
     macro_rules! add {
-        ($t:ty) => {{
+        ($t:ty, $add:expr) => {{
             let mut total = first.to_values::<$t>().unwrap_or_default();
             for part in rest {
                 for (acc, v) in total.iter_mut().zip(part.to_values::<$t>().unwrap_or_default()) {
-                    *acc += v;
+                    *acc = $add(*acc, v);
                 }
             }
             Tensor::from_values(first.shape.clone(), &total)
         }};
     }
     match first.dtype {
-        DType::Float32 => add!(f32),
-        DType::Float64 => add!(f64),
-        DType::Int32 => add!(i32),
-        DType::Int64 => add!(i64),
+        DType::Float32 => add!(f32, |a, b| a + b),
+        DType::Float64 => add!(f64, |a, b| a + b),
+        DType::Int32 => add!(i32, i32::wrapping_add),
+        DType::Int64 => add!(i64, i64::wrapping_add),
         other => Err(format!("output '{name}': op 'sum' does not support {other}")),
     }
 }

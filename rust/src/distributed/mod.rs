@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 /// Agents register this often; one silent for `HEARTBEAT_LOST` is taken as gone.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-const HEARTBEAT_LOST: Duration = Duration::from_secs(4);
+const HEARTBEAT_LOST: Duration = Duration::from_secs(10);
 /// How long one rank may take for one batch before the batch fails.
 const RANK_DEADLINE: Duration = Duration::from_mins(1);
 /// Tensors of a batch may be large; gRPC's 4 MB default would refuse them.
@@ -76,8 +76,19 @@ pub struct Hub {
     agents: Mutex<Vec<Option<Agent>>>,
     counters: Vec<RankCounters>,
     registered: Condvar,
-    runtime: tokio::runtime::Runtime,
+    /// Runs the registration service; `None` only while dropping (see `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    serving: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // The last reference may go inside async code (a handler, a scrape), where dropping a runtime panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 static HUBS: LazyLock<Mutex<HashMap<String, Arc<Hub>>>> = LazyLock::new(Mutex::default);
@@ -98,6 +109,12 @@ pub fn start_hub(
         .enable_all()
         .build()
         .map_err(|e| ServeError::Config(format!("cannot start the distributed runtime: {e}")))?;
+    // A hub started again for the same servable (a retried start) gives its address up first.
+    let previous = HUBS.lock().unwrap_or_else(PoisonError::into_inner).remove(servable);
+    if let Some(previous) = previous {
+        previous.shutdown();
+        previous.wait_closed();
+    }
     let listener = std::net::TcpListener::bind(address).map_err(|e| {
         ServeError::Config(format!(
             "Serving Error: distributed servable '{servable}': cannot listen on {address}: {e}"
@@ -114,13 +131,17 @@ pub fn start_hub(
         agents: Mutex::new(vec![None; count]),
         counters: (0..count).map(|_| RankCounters::default()).collect(),
         registered: Condvar::new(),
-        runtime,
+        runtime: Some(runtime),
         stop: Mutex::new(None),
+        serving: Mutex::new(None),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     *hub.stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(stop_tx);
     let service = DistributedServableServer::new(HubService(Arc::downgrade(&hub)));
-    hub.runtime.spawn(async move {
+    let Some(runtime) = hub.runtime.as_ref() else {
+        unreachable!("set above")
+    };
+    let serving = runtime.spawn(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {
@@ -139,14 +160,11 @@ pub fn start_hub(
             tracing::error!("distributed hub stopped: {e}");
         }
     });
+    *hub.serving.lock().unwrap_or_else(PoisonError::into_inner) = Some(serving);
     tracing::info!("distributed servable '{servable}': waiting for {count} agents on {address}");
-    let previous = HUBS
-        .lock()
+    HUBS.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(servable.to_owned(), hub.clone());
-    if let Some(previous) = previous {
-        previous.shutdown();
-    }
     Ok(hub)
 }
 
@@ -196,6 +214,15 @@ pub fn rank_samples() -> Vec<RankSample> {
     samples
 }
 
+/// Stops the hub of `servable` (a start that failed after `start_hub`).
+pub fn stop_hub(servable: &str) {
+    let hub = HUBS.lock().unwrap_or_else(PoisonError::into_inner).remove(servable);
+    if let Some(hub) = hub {
+        hub.shutdown();
+        hub.wait_closed();
+    }
+}
+
 /// Stops every hub (server stop).
 pub fn stop_all() {
     let hubs: Vec<Arc<Hub>> = HUBS
@@ -206,6 +233,7 @@ pub fn stop_all() {
         .collect();
     for hub in hubs {
         hub.shutdown();
+        hub.wait_closed();
     }
 }
 
@@ -213,6 +241,15 @@ impl Hub {
     fn shutdown(&self) {
         if let Some(stop) = self.stop.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = stop.send(());
+        }
+    }
+
+    /// Waits (briefly) until the listener is closed, so its address can be bound again.
+    fn wait_closed(&self) {
+        if let Some(task) = self.serving.lock().unwrap_or_else(PoisonError::into_inner).take()
+            && let Some(runtime) = &self.runtime
+        {
+            let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
         }
     }
 
@@ -430,7 +467,7 @@ pub fn load_queue(
         runners.push(Box::new(DistributedRunner {
             hub: hub.clone(),
             layout: layout.clone(),
-            runtime,
+            runtime: Some(runtime),
             clients: HashMap::new(),
         }));
     }
@@ -497,7 +534,7 @@ fn layout_of(agents: &[Agent], stage_size: usize) -> Result<(Layout, ModelSignat
                 let dims: Vec<i64> = ranks
                     .iter()
                     .filter_map(|a| a.outputs.iter().find(|o| o.name == io.name))
-                    .map(|o| o.shape[at])
+                    .map(|o| o.shape.get(at).copied().unwrap_or(-1))
                     .collect();
                 shape[at] = if dims.iter().all(|&d| d >= 0) {
                     dims.iter().sum()
@@ -534,15 +571,68 @@ struct DistributedRunner {
     hub: Arc<Hub>,
     layout: Arc<Layout>,
     /// A single-thread runtime of its own: the batch thread drives its calls' I/O itself, so a stage hop costs no
-    /// hand-off to another thread and back.
-    runtime: tokio::runtime::Runtime,
+    /// hand-off to another thread and back. `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
     /// Connections to the agents, by rank and address (an agent that comes back elsewhere gets a new one).
     clients: HashMap<(usize, String), AgentClient<Channel>>,
 }
 
+impl Drop for DistributedRunner {
+    fn drop(&mut self) {
+        // The queue (and so this runner) may be dropped by the last request holding its servable, on a tokio worker,
+        // where dropping a runtime panics.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl DistributedRunner {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("set until the runner drops")
+    }
+
+    /// One rank's reply: counted, and its tensors by name, or the error that fails the batch (a lost agent is
+    /// forgotten until it registers again; a model error, a bad input, leaves it registered).
+    fn answer(
+        &self,
+        rank: usize,
+        address: &str,
+        reply: Result<tonic::Response<pb::PredictReply>, tonic::Status>,
+        took: Duration,
+    ) -> Result<HashMap<String, Tensor>, ServeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = &self.hub.counters[rank];
+        counters.calls.fetch_add(1, Relaxed);
+        counters
+            .nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        let reply = reply.map_err(|status| {
+            counters.failures.fetch_add(1, Relaxed);
+            let err = format!("(agent {address}) failed: {}", status.message());
+            if status.code() == tonic::Code::InvalidArgument {
+                return ServeError::Model(format!(
+                    "distributed servable '{}': rank {rank} {err}",
+                    self.hub.servable
+                ));
+            }
+            self.hub.forget(rank, address);
+            self.hub.gone(rank, &err)
+        })?;
+        reply
+            .into_inner()
+            .outputs
+            .into_iter()
+            .map(wire::from_message)
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(|e| {
+                self.hub
+                    .gone(rank, &format!("(agent {address}) answered a bad tensor: {e}"))
+            })
+    }
+
     fn client(&mut self, rank: usize, address: &str) -> AgentClient<Channel> {
-        let runtime = &self.runtime;
+        let runtime = self.runtime.as_ref().expect("set until the runner drops");
         self.clients
             .entry((rank, address.to_owned()))
             .or_insert_with(|| {
@@ -595,44 +685,28 @@ impl BatchRunner for DistributedRunner {
                     (rank, reply, started.elapsed())
                 }
             });
-            let replies = self.runtime.block_on(futures::future::join_all(calls));
-            let mut per_rank: Vec<HashMap<String, Tensor>> = Vec::with_capacity(replies.len());
-            for ((rank, reply, took), (_, agent)) in replies.into_iter().zip(&ranks) {
-                let counters = &self.hub.counters[rank];
-                counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                counters.nanos.fetch_add(
-                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                if reply.is_err() {
-                    counters.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A rank that falls silent fails the batch at its next heartbeat check, not at the call's deadline.
+            let range = stage * layout.per_stage..(stage + 1) * layout.per_stage;
+            let watch = async {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    if let Err(err) = self.hub.live(range.clone()) {
+                        return err;
+                    }
                 }
-                let reply = reply.map_err(|status| {
-                    // A model error (bad input) leaves the agent registered; a lost connection or a deadline does not.
-                    if status.code() != tonic::Code::InvalidArgument {
-                        self.hub.forget(rank, &agent.address);
-                    }
-                    let err = format!("(agent {}) failed: {}", agent.address, status.message());
-                    match status.code() {
-                        tonic::Code::InvalidArgument => ServeError::Model(format!(
-                            "distributed servable '{}': rank {rank} {err}",
-                            self.hub.servable
-                        )),
-                        _ => self.hub.gone(rank, &err),
-                    }
-                })?;
-                let named = reply
-                    .into_inner()
-                    .outputs
-                    .into_iter()
-                    .map(wire::from_message)
-                    .collect::<Result<HashMap<_, _>, _>>()
-                    .map_err(|e| {
-                        self.hub
-                            .gone(rank, &format!("(agent {}) answered a bad tensor: {e}", agent.address))
-                    })?;
-                per_rank.push(named);
-            }
+            };
+            let replies = self.runtime().block_on(async {
+                tokio::select! {
+                    replies = futures::future::join_all(calls) => Ok(replies),
+                    err = watch => Err(err),
+                }
+            })?;
+            let per_rank = replies
+                .into_iter()
+                .zip(&ranks)
+                .map(|((rank, reply, took), (_, agent))| self.answer(rank, &agent.address, reply, took))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut per_rank = per_rank;
             let mut next = HashMap::with_capacity(outputs.len());
             for (name, op) in outputs {
                 let parts = per_rank

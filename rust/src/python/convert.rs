@@ -6,7 +6,7 @@
 
 use crate::tensor::{DType, Tensor, TensorData};
 use bytes::Bytes;
-use numpy::npyffi::{self, NPY_ARRAY_ALIGNED, NPY_ARRAY_WRITEABLE, PY_ARRAY_API, npy_intp};
+use numpy::npyffi::{self, NPY_ARRAY_ALIGNED, NPY_ARRAY_OWNDATA, NPY_ARRAY_WRITEABLE, PY_ARRAY_API, npy_intp};
 use numpy::{PyArrayDescr, PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -153,8 +153,10 @@ fn illegal(obj: &Bound<'_, PyAny>) -> String {
     format!("Get illegal result data with type {type_repr}")
 }
 
-/// Converts a numpy array into an owned tensor (copies the data; non-contiguous arrays are made contiguous).
-pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
+/// Converts a numpy array into a tensor. With `sole`, the caller knows nothing but itself references the array, so
+/// an array that owns its data is kept instead of copied (see `numpy_bytes`); non-contiguous or byte-swapped arrays
+/// are copied into fresh ones, which are kept.
+pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>, sole: bool) -> Result<Tensor, String> {
     let array = obj.cast::<PyUntypedArray>().map_err(|_| illegal(obj))?;
     // Read the shape here: `ascontiguousarray` turns a 0-d array into a 1-d one.
     let shape: Vec<i64> = array.shape().iter().map(|&d| d as i64).collect();
@@ -180,17 +182,16 @@ pub fn numpy_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
             .map_err(|e| format!("cannot read numpy array: {e}"))?
     };
     let nbytes = crate::tensor::element_count(&shape).unwrap_or(0) * descr.itemsize();
-    Tensor::from_raw(
-        dtype,
-        shape,
-        numpy_bytes(&contiguous, nbytes).ok_or_else(|| illegal(obj))?,
-    )
+    let fresh = !contiguous.is(obj);
+    let raw = numpy_bytes(&contiguous, nbytes, sole || fresh).ok_or_else(|| illegal(obj))?;
+    Tensor::from_raw(dtype, shape, raw)
 }
 
-/// The `nbytes` of a C-contiguous, native-order array: shared when the array is writable and aligned (so a later
-/// stage may get it as a writable input), copied otherwise (read-only arrays may view immutable memory, such as a
-/// `bytes` object's).
-fn numpy_bytes(contiguous: &Bound<'_, PyAny>, nbytes: usize) -> Option<Bytes> {
+/// The `nbytes` of a C-contiguous, native-order array: kept without a copy only when `sole` (no one else references
+/// the array) and the array owns its data, is writable and aligned, since anything else could still write to that
+/// memory while Rust reads it off the GIL (a module constant, a reused `out=` buffer, a view of one), or it may be
+/// immutable (an array over a `bytes` object); copied otherwise.
+fn numpy_bytes(contiguous: &Bound<'_, PyAny>, nbytes: usize, sole: bool) -> Option<Bytes> {
     let array = contiguous.cast::<PyUntypedArray>().ok()?;
     if nbytes == 0 {
         return Some(Bytes::new());
@@ -201,8 +202,8 @@ fn numpy_bytes(contiguous: &Bound<'_, PyAny>, nbytes: usize) -> Option<Bytes> {
         let fields = &(*array.as_array_ptr()).fields;
         (fields.data as *const u8, fields.flags)
     };
-    let shared = NPY_ARRAY_WRITEABLE | NPY_ARRAY_ALIGNED;
-    if flags & shared == shared {
+    let kept = NPY_ARRAY_WRITEABLE | NPY_ARRAY_ALIGNED | NPY_ARRAY_OWNDATA;
+    if sole && flags & kept == kept {
         Some(Bytes::from_owner(NumpyMemory {
             _array: contiguous.clone().unbind(),
             data,
@@ -217,11 +218,24 @@ fn numpy_bytes(contiguous: &Bound<'_, PyAny>, nbytes: usize) -> Option<Bytes> {
 }
 
 /// Converts a stage's output value into a tensor with MindSpore's rules: numpy arrays and scalars, objects
-/// with `.asnumpy()`, bytes, str, bool, int (int64), float (float64); anything else is an illegal result.
+/// with `.asnumpy()`, bytes, str, bool, int (int64), float (float64); anything else is an illegal result. Arrays are
+/// copied; see `stage_output_to_tensor` for the one place that may keep them.
 pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
+    to_tensor(obj, false)
+}
+
+/// `py_to_tensor` for one value a stage returned, which the caller holds `held` references to (the returned tuple
+/// or list, and its own): an array nothing else references becomes the tensor without a copy.
+pub fn stage_output_to_tensor(obj: &Bound<'_, PyAny>, held: isize) -> Result<Tensor, String> {
+    // SAFETY: `obj` is a live object and we are attached; reading its reference count has no side effect.
+    let references = unsafe { pyo3::ffi::Py_REFCNT(obj.as_ptr()) };
+    to_tensor(obj, references <= held)
+}
+
+fn to_tensor(obj: &Bound<'_, PyAny>, sole: bool) -> Result<Tensor, String> {
     let py = obj.py();
     if obj.is_instance_of::<PyUntypedArray>() {
-        return numpy_to_tensor(obj);
+        return numpy_to_tensor(obj, sole);
     }
     if obj.is_instance_of::<PyBool>() {
         let v: bool = obj.extract().map_err(|e: PyErr| e.to_string())?;
@@ -249,14 +263,14 @@ pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Result<Tensor, String> {
         let array = numpy_fn(py, &ASARRAY, "asarray")
             .and_then(|f| f.call1((obj,)))
             .map_err(|e| e.to_string())?;
-        return numpy_to_tensor(&array);
+        return numpy_to_tensor(&array, true);
     }
     if obj.hasattr("asnumpy").unwrap_or(false) {
         let array = obj
             .call_method0("asnumpy")
             .map_err(|e| format!("asnumpy() failed: {e}"))?;
         if array.is_instance_of::<PyUntypedArray>() {
-            return numpy_to_tensor(&array);
+            return numpy_to_tensor(&array, false);
         }
     }
     Err(illegal(obj))

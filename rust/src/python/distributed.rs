@@ -33,10 +33,16 @@ pub fn start_agent_hub(
     })
 }
 
+/// Stops the hub of `servable` (its start failed).
+#[pyfunction]
+pub fn stop_agent_hub(py: Python<'_>, servable: String) {
+    py.detach(move || distributed::stop_hub(&servable));
+}
+
 /// Stops every hub of this process.
 #[pyfunction]
-pub fn stop_agent_hubs() {
-    distributed::stop_all();
+pub fn stop_agent_hubs(py: Python<'_>) {
+    py.detach(distributed::stop_all);
 }
 
 /// Is every rank of `servable` registered and heard from lately?

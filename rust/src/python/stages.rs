@@ -4,7 +4,7 @@
 //! whole call but never the server. Also `model_call`, behind `Model.call`. The GIL thread and the worker
 //! processes (`workers::run_worker`) both run stages through `run`, so conventions and texts are the same.
 
-use super::convert::{py_to_tensor, tensor_to_py};
+use super::convert::{py_to_tensor, stage_output_to_tensor, tensor_to_py};
 use crate::error::ServeError;
 use crate::log_text::log_text;
 use crate::pipeline::{FunctionCall, ModelSet};
@@ -96,10 +96,13 @@ impl Call<'_> {
                 self.call.method
             )));
         }
+        // An array returned fresh is referenced here twice: by `items` and by the returned value (itself, or the
+        // tuple or list holding it); one more reference means the stage kept it (see `stage_output_to_tensor`).
         items
             .iter()
             .map(|item| {
-                py_to_tensor(item).map_err(|e| Failure::Contract(format!("Push py task result cause exception: {e}")))
+                stage_output_to_tensor(item, 2)
+                    .map_err(|e| Failure::Contract(format!("Push py task result cause exception: {e}")))
             })
             .collect()
     }

@@ -84,6 +84,14 @@ def read_only_view(x):
     return np.frombuffer(_CONSTANT, dtype=np.uint8)
 
 
+_KEPT = np.array([10, 20], dtype=np.int64)
+
+
+def kept_array(x):
+    # A writable array the module keeps: sharing it would let a later stage's edit change it for every request.
+    return _KEPT
+
+
 def strided_view(x):
     return np.arange(8, dtype=np.int32)[::2]
 
@@ -161,10 +169,12 @@ def reverse_blob(b):
     return register.add_stage(reverse_bytes, b, outputs_count=1)
 
 
-@register.register_method(output_names=["ro", "strided"])
+@register.register_method(output_names=["ro", "strided", "kept"])
 def edit_unshareable(x):
     ro = register.add_stage(read_only_view, x, outputs_count=1)
     strided = register.add_stage(strided_view, x, outputs_count=1)
+    kept = register.add_stage(kept_array, x, outputs_count=1)
     ro = register.add_stage(add_one_in_place, ro, outputs_count=1)
     strided = register.add_stage(add_one_in_place, strided, outputs_count=1)
-    return ro, strided
+    kept = register.add_stage(add_one_in_place, kept, outputs_count=1)
+    return ro, strided, kept
