@@ -2,7 +2,7 @@
 //! session, answers `Agent.Predict` on its own port, and registers with the main process once a second (the
 //! heartbeat), so a main process that restarts, or an agent that restarts, finds the other again.
 
-use super::combine::{Combine, GroupConfig};
+use super::combine::GroupConfig;
 use super::{HEARTBEAT, MAX_MESSAGE, wire};
 use crate::error::ServeError;
 use crate::model::{DeviceChoice, OrtRunner};
@@ -102,18 +102,7 @@ pub fn serve(options: &AgentOptions, stop: &mut dyn FnMut() -> bool) -> Result<(
         combine: group
             .combine
             .iter()
-            .map(|(output, op)| {
-                let (name, axis) = match op {
-                    Combine::Concat(axis) => ("concat", *axis),
-                    Combine::Sum => ("sum", 0),
-                    Combine::First => ("first", 0),
-                };
-                pb::Combine {
-                    output: output.clone(),
-                    op: name.into(),
-                    axis,
-                }
-            })
+            .map(|(output, op)| wire::combine_to_message(output, *op))
             .collect(),
         model_file: model.clone(),
         stage: group.stage.unwrap_or(0),

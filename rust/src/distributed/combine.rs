@@ -16,6 +16,29 @@ pub enum Combine {
     First,
 }
 
+impl Combine {
+    /// The op's name and axis, as group config files and the registration message spell them.
+    pub fn op(self) -> (&'static str, Option<i64>) {
+        match self {
+            Combine::Concat(axis) => ("concat", Some(axis)),
+            Combine::Sum => ("sum", None),
+            Combine::First => ("first", None),
+        }
+    }
+
+    /// The op of a name and an axis (only `concat` takes one); the error says what is wrong.
+    pub fn from_op(op: &str, axis: Option<i64>) -> Result<Combine, String> {
+        match (op, axis) {
+            ("concat", Some(axis)) => Ok(Combine::Concat(axis)),
+            ("concat", None) => Err("op 'concat' needs an 'axis'".into()),
+            ("sum", None) => Ok(Combine::Sum),
+            ("first", None) => Ok(Combine::First),
+            ("sum" | "first", Some(_)) => Err(format!("op '{op}' takes no 'axis'")),
+            (other, _) => Err(format!("unknown op '{other}', expected 'concat', 'sum' or 'first'")),
+        }
+    }
+}
+
 /// A rank's group config file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GroupConfig {
@@ -46,20 +69,7 @@ impl GroupConfig {
         let file: File = serde_json::from_str(text).map_err(|e| format!("not a valid group config: {e}"))?;
         let mut combine = HashMap::with_capacity(file.combine.len());
         for (output, entry) in file.combine {
-            let op = match (entry.op.as_str(), entry.axis) {
-                ("concat", Some(axis)) => Combine::Concat(axis),
-                ("concat", None) => return Err(format!("output '{output}': op 'concat' needs an 'axis'")),
-                ("sum", None) => Combine::Sum,
-                ("first", None) => Combine::First,
-                ("sum" | "first", Some(_)) => {
-                    return Err(format!("output '{output}': op '{}' takes no 'axis'", entry.op));
-                }
-                (other, _) => {
-                    return Err(format!(
-                        "output '{output}': unknown op '{other}', expected 'concat', 'sum' or 'first'"
-                    ));
-                }
-            };
+            let op = Combine::from_op(&entry.op, entry.axis).map_err(|e| format!("output '{output}': {e}"))?;
             combine.insert(output, op);
         }
         Ok(GroupConfig {

@@ -176,15 +176,19 @@ pub fn hub_for(servable: &str) -> Option<Arc<Hub>> {
         .cloned()
 }
 
-/// Why a distributed servable (`servable`, or any when `None`) cannot serve now, if one cannot.
-pub fn not_ready_reason(servable: Option<&str>) -> Option<String> {
-    let hubs: Vec<Arc<Hub>> = HUBS
-        .lock()
+/// The hubs running now (taken out of the lock, which callers must not hold while they look at agents).
+fn all_hubs() -> Vec<Arc<Hub>> {
+    HUBS.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .values()
         .cloned()
-        .collect();
-    hubs.iter()
+        .collect()
+}
+
+/// Why a distributed servable (`servable`, or any when `None`) cannot serve now, if one cannot.
+pub fn not_ready_reason(servable: Option<&str>) -> Option<String> {
+    all_hubs()
+        .iter()
         .filter(|hub| servable.is_none_or(|name| name == hub.servable))
         .find_map(|hub| hub.not_ready_reason())
 }
@@ -192,14 +196,8 @@ pub fn not_ready_reason(servable: Option<&str>) -> Option<String> {
 /// Every rank of every hub: whether its agent is live, and its calls, failures and time in calls so far.
 pub fn rank_samples() -> Vec<RankSample> {
     use std::sync::atomic::Ordering::Relaxed;
-    let hubs: Vec<Arc<Hub>> = HUBS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .values()
-        .cloned()
-        .collect();
     let mut samples = Vec::new();
-    for hub in hubs {
+    for hub in all_hubs() {
         for (index, (entry, counters)) in hub.ranks.iter().zip(&hub.counters).enumerate() {
             samples.push(RankSample {
                 servable: hub.servable.clone(),
@@ -271,16 +269,11 @@ impl Hub {
                 )
             })?;
         let io = |list: &[pb::Io]| list.iter().map(wire::io_from_message).collect::<Result<Vec<_>, _>>();
-        let mut combine = HashMap::new();
-        for c in &request.combine {
-            let op = match c.op.as_str() {
-                "concat" => Combine::Concat(c.axis),
-                "sum" => Combine::Sum,
-                "first" => Combine::First,
-                other => return Err(format!("unknown combine op '{other}'")),
-            };
-            combine.insert(c.output.clone(), op);
-        }
+        let combine = request
+            .combine
+            .iter()
+            .map(|c| Ok((c.output.clone(), wire::combine_from_message(c)?)))
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let group = GroupConfig {
             stage: request.has_stage.then_some(request.stage),
             combine,
@@ -337,12 +330,12 @@ impl Hub {
         }
     }
 
-    /// The agents of `ranks`, or an error naming the first one that is gone.
-    fn live(&self, ranks: std::ops::Range<usize>) -> Result<Vec<(usize, Agent)>, ServeError> {
+    /// The rank and agent address of each of `ranks`, or an error naming the first one that is gone.
+    fn live(&self, ranks: std::ops::Range<usize>) -> Result<Vec<(usize, String)>, ServeError> {
         let agents = self.lock();
         ranks
             .map(|r| match &agents[r] {
-                Some(agent) if agent.last_seen.elapsed() < HEARTBEAT_LOST => Ok((r, agent.clone())),
+                Some(agent) if agent.last_seen.elapsed() < HEARTBEAT_LOST => Ok((r, agent.address.clone())),
                 Some(agent) => Err(self.gone(
                     r,
                     &format!(
@@ -656,9 +649,8 @@ impl BatchRunner for DistributedRunner {
         let layout = Arc::clone(&self.layout);
         let mut values: HashMap<String, Tensor> = layout.stages[0].0.iter().cloned().zip(inputs).collect();
         for stage in 0..layout.stage_size {
-            let ranks = self
-                .hub
-                .live(stage * layout.per_stage..(stage + 1) * layout.per_stage)?;
+            let range = stage * layout.per_stage..(stage + 1) * layout.per_stage;
+            let ranks = self.hub.live(range.clone())?;
             let (input_names, outputs) = &layout.stages[stage];
             let request = pb::PredictRequest {
                 inputs: input_names
@@ -673,7 +665,7 @@ impl BatchRunner for DistributedRunner {
             };
             let clients: Vec<_> = ranks
                 .iter()
-                .map(|(rank, agent)| self.client(*rank, &agent.address))
+                .map(|(rank, address)| self.client(*rank, address))
                 .collect();
             let calls = ranks.iter().zip(clients).map(|((rank, _), mut client)| {
                 let mut request = tonic::Request::new(request.clone());
@@ -686,7 +678,6 @@ impl BatchRunner for DistributedRunner {
                 }
             });
             // A rank that falls silent fails the batch at its next heartbeat check, not at the call's deadline.
-            let range = stage * layout.per_stage..(stage + 1) * layout.per_stage;
             let watch = async {
                 loop {
                     tokio::time::sleep(HEARTBEAT).await;
@@ -704,7 +695,7 @@ impl BatchRunner for DistributedRunner {
             let per_rank = replies
                 .into_iter()
                 .zip(&ranks)
-                .map(|((rank, reply, took), (_, agent))| self.answer(rank, &agent.address, reply, took))
+                .map(|((rank, reply, took), (_, address))| self.answer(rank, address, reply, took))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut per_rank = per_rank;
             let mut next = HashMap::with_capacity(outputs.len());
